@@ -1,0 +1,165 @@
+"""The LightningDataModule behind every stage: unlabeled images for pretraining, labeled ones downstream.
+
+Each split is a *source factory* from the config (a ``_partial_`` callable returning an
+:class:`~selfsup.data.sources.ImageSource`), so any source works for any split. Workers decode and
+apply the base augmentation to uint8 tensors; ``on_after_batch_transfer`` normalizes on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from selfsup.data.dataset import ImageDataset, collate
+from selfsup.data.sources import ImageSource
+from selfsup.data.transforms import eval_transform, normalize, train_transform
+from selfsup.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[], ImageSource]
+SPLITS = ("pretrain", "train", "test")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Images for pretraining (``pretrain``) and for downstream stages (``train``, ``test``).
+
+    Args:
+        pretrain: source of the pretraining images (labels, if any, are ignored).
+        train: labeled source for downstream training (probes, fine-tuning), or None.
+        test: labeled source for downstream testing, or None.
+        image_size: side of the square crops fed to the encoder.
+        batch_size: images per step per device.
+        num_workers: decoding processes; 0 decodes in the main process.
+        crop_scale: area range of the random resized crop.
+        crop_ratio: aspect-ratio range of the random resized crop.
+        hflip: random horizontal flips.
+        mean: per-channel mean in [0, 1] units, subtracted on the device.
+        std: per-channel std in [0, 1] units.
+        eval_crop_fraction: downstream images are resized to ``image_size / eval_crop_fraction`` and
+            centre-cropped to ``image_size``.
+        on_bad_image: ``skip`` (count, log and drop unreadable images) or ``error``.
+        pin_memory: page-locked host buffers (useful with GPUs).
+        persistent_workers: keep workers alive between epochs.
+        path: where the data lives (folder, archive or dataset root); the split configs refer to it
+            as ``${..path}``, and it is kept here to say where the data came from.
+        download: whether torchvision datasets may download (referenced by the split configs).
+    """
+
+    def __init__(
+        self,
+        pretrain: SourceFactory | None = None,
+        train: SourceFactory | None = None,
+        test: SourceFactory | None = None,
+        image_size: int = 32,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        crop_scale: Sequence[float] = (0.2, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        eval_crop_fraction: float = 1.0,
+        on_bad_image: str = "skip",
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        path: str | None = None,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.factories = {"pretrain": pretrain, "train": train, "test": test}
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.crop_scale, self.crop_ratio, self.hflip = tuple(crop_scale), tuple(crop_ratio), hflip
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.eval_crop_fraction = eval_crop_fraction
+        self.on_bad_image = on_bad_image
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.path, self.download = path, download
+        self._sources: dict[str, ImageSource] = {}
+        self.bad_images: set[str] = set()
+
+    # -- sources -------------------------------------------------------------------------------
+    def has(self, split: str) -> bool:
+        return self.factories[split] is not None
+
+    def source(self, split: str) -> ImageSource:
+        """The split's source, built once (scanning folders, reading archive indexes)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._sources:
+            factory = self.factories[split]
+            if factory is None:
+                raise DataError(f"no '{split}' data is configured (data.{split} is null)")
+            self._sources[split] = factory()
+            if split != "pretrain" and not self._sources[split].labeled:
+                raise DataError(
+                    f"data.{split} must be labeled for downstream stages, but its source has no classes"
+                )
+        return self._sources[split]
+
+    def input_spec(self) -> dict[str, Any]:
+        """What an encoder trained on this data expects; saved next to exported weights."""
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    # -- loaders -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.source("pretrain")
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = ImageDataset(self.source("pretrain"), self.train_augmentation(), self.on_bad_image)
+        return self._loader(dataset, shuffle=True, drop_last=True)
+
+    def train_augmentation(self) -> Callable:
+        return train_transform(self.image_size, self.crop_scale, self.crop_ratio, self.hflip)
+
+    def labeled_dataloader(
+        self, split: str, augment: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
+        """Loader over a labeled split: augmented and shuffled for training, or centre-cropped in order."""
+        transform = (
+            self.train_augmentation() if augment else eval_transform(self.image_size, self.eval_crop_fraction)
+        )
+        dataset = ImageDataset(self.source(split), transform, self.on_bad_image)
+        return self._loader(dataset, shuffle=augment, drop_last=False, batch_size=batch_size)
+
+    def _loader(
+        self, dataset: ImageDataset, shuffle: bool, drop_last: bool, batch_size: int | None = None
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last and len(dataset) >= (batch_size or self.batch_size),
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    # -- on the device -------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Normalize the uint8 images on the device and note any skipped files."""
+        return self.prepare_batch(batch)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """(B, 3, H, W) uint8 ``image`` -> normalized float32, in place of the uint8 one."""
+        for name in batch.get("bad_images", ()):
+            if name not in self.bad_images:
+                self.bad_images.add(name)
+                log.warning("unreadable image skipped: %s (%d so far)", name, len(self.bad_images))
+        batch["image"] = normalize(batch["image"], self.mean, self.std)
+        return batch
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        """Move a batch from ``labeled_dataloader`` to ``device`` and normalize it (outside a Trainer)."""
+        batch = {
+            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+        }
+        return self.prepare_batch(batch)

@@ -1,0 +1,8 @@
+"""Encoders behind one interface (:class:`Encoder`), and their export format."""
+
+from selfsup.encoders.base import Encoder, feature_shapes
+from selfsup.encoders.export import load, read_spec, save
+from selfsup.encoders.resnet import ResNetEncoder
+from selfsup.encoders.vit import ViTEncoder
+
+__all__ = ["Encoder", "ResNetEncoder", "ViTEncoder", "feature_shapes", "load", "read_spec", "save"]

@@ -1,0 +1,116 @@
+"""Save an encoder as safetensors plus a small yaml, and rebuild it without any task code.
+
+An export is a folder::
+
+    encoder.safetensors   the encoder's weights (state dict, buffers included)
+    encoder.yaml          {encoder: <constructor config with _target_>, input: {...}, meta: {...}}
+
+``input`` records what the encoder expects (image size, normalization mean and std) so that
+downstream stages preprocess exactly as pretraining did; ``meta`` says where it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from hydra.utils import instantiate
+from safetensors.torch import load_file, save_file
+
+from selfsup.encoders.base import Encoder
+from selfsup.errors import DataError
+
+WEIGHTS_FILE = "encoder.safetensors"
+CONFIG_FILE = "encoder.yaml"
+FORMAT_VERSION = 1
+
+
+def save(
+    encoder: Encoder,
+    directory: str | os.PathLike[str],
+    input_spec: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``encoder`` to ``directory`` (created if needed); each file is replaced atomically.
+
+    Args:
+        encoder: the encoder to save; its ``config`` must rebuild it.
+        directory: the export folder.
+        input_spec: what inputs the encoder expects, e.g. ``{"image_size": 32, "mean": [...], "std": [...]}``.
+        meta: provenance, e.g. the task and the number of pretraining steps.
+
+    Returns:
+        The export folder.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses tensors that share memory or are not contiguous.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
+    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    save_file(state, str(weights_tmp), metadata={"format_version": str(FORMAT_VERSION)})
+    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "encoder": dict(encoder.config),
+        "input": dict(input_spec or {}),
+        "meta": dict(meta or {}),
+        "weights_sha256": file_sha256(directory / WEIGHTS_FILE),
+    }
+    config_tmp = directory / f".{CONFIG_FILE}.tmp"
+    config_tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.replace(config_tmp, directory / CONFIG_FILE)
+    return directory
+
+
+def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The yaml document of an export (``path`` is the folder or its ``encoder.yaml``)."""
+    config_path = _export_dir(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise DataError(f"no exported encoder at {path}: expected {config_path}")
+    doc = yaml.safe_load(config_path.read_text())
+    if not isinstance(doc, dict) or "encoder" not in doc:
+        raise DataError(f"{config_path} is not an encoder export (no 'encoder' key)")
+    return doc
+
+
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Encoder:
+    """Rebuild an exported encoder and load its weights.
+
+    Args:
+        path: the export folder (or its ``encoder.yaml`` / ``encoder.safetensors``).
+        map_location: device for the weights.
+
+    Returns:
+        The encoder in eval mode.
+
+    Example:
+        >>> enc = selfsup.encoders.load("outputs/2026-11-21/12-00-00/encoder")
+        >>> feats = enc(images)  # (B, enc.out_dim)
+    """
+    directory = _export_dir(path)
+    doc = read_spec(directory)
+    encoder = instantiate(doc["encoder"])
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise DataError(f"exported encoder at {directory} has no {WEIGHTS_FILE}")
+    state = load_file(str(weights), device=str(map_location))
+    encoder.load_state_dict(state, strict=True)
+    return encoder.eval()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes (identifies an export's weights, e.g. for feature caches)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _export_dir(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.parent if path.name in (WEIGHTS_FILE, CONFIG_FILE) else path

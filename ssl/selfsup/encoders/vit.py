@@ -1,0 +1,177 @@
+"""Vision Transformer encoders (Dosovitskiy et al. 2021) on torchvision's VisionTransformer.
+
+Besides the pooled ``forward`` the encoder exposes the pieces that masked-image pretraining needs
+(MAE encodes only the visible tokens): ``embed_patches`` (patch embedding plus position embedding),
+``add_class_token``, ``blocks`` and ``norm``. Position embeddings are fixed 2-D sin-cos (as in MAE) or
+learned (torchvision's default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from selfsup.encoders.base import Encoder, target_of
+
+
+def sincos_position_embedding(grid_size: int, dim: int) -> Tensor:
+    """Fixed 2-D sin-cos position embedding (MAE's ``get_2d_sincos_pos_embed``).
+
+    Args:
+        grid_size: patches per side.
+        dim: embedding width, a multiple of 4.
+
+    Returns:
+        (grid_size * grid_size, dim): half the channels encode the row, half the column.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def encode(pos: Tensor) -> Tensor:  # (L,) -> (L, dim/2)
+        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    # MAE encodes the column (w) coordinate first, then the row (h).
+    return torch.cat([encode(cols), encode(rows)], dim=1).float()
+
+
+class ViTEncoder(Encoder):
+    """A torchvision VisionTransformer as a headless encoder.
+
+    Args:
+        image_size: side of the square input images, a multiple of ``patch_size``.
+        patch_size: side of a square patch.
+        width: token width (192 tiny, 384 small, 768 base).
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: hidden width of each block's MLP over ``width``.
+        pool: ``cls`` (class token) or ``mean`` (mean of the patch tokens) for the pooled output.
+        pos_embed: ``sincos`` (fixed, MAE) or ``learned``.
+
+    Features: ``patch_embed`` and ``block1``..``block{depth}`` are (B, 1 + L, width) token sequences
+    with the class token first; ``pooled`` is (B, width) after the final LayerNorm.
+
+    Example:
+        >>> enc = ViTEncoder(image_size=32, patch_size=4, width=192, depth=12, num_heads=3)
+        >>> enc(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 192])
+    """
+
+    num_prefix_tokens = 1
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        width: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        pool: str = "cls",
+        pos_embed: str = "sincos",
+    ) -> None:
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        if pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        self.config = {
+            "_target_": target_of(self),
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "width": width,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": mlp_ratio,
+            "pool": pool,
+            "pos_embed": pos_embed,
+        }
+        vit = VisionTransformer(
+            image_size=image_size,
+            patch_size=patch_size,
+            num_layers=depth,
+            num_heads=num_heads,
+            hidden_dim=width,
+            mlp_dim=int(width * mlp_ratio),
+        )
+        self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.patch_proj = vit.conv_proj
+        self.class_token = vit.class_token
+        self.pos_embedding = vit.encoder.pos_embedding  # (1, 1 + L, width), class token first
+        if pos_embed == "sincos":
+            with torch.no_grad():
+                self.pos_embedding.zero_()
+                self.pos_embedding[0, 1:] = sincos_position_embedding(self.grid_size, width)
+            self.pos_embedding.requires_grad_(False)
+        self.blocks = vit.encoder.layers
+        self.norm = vit.encoder.ln
+        self.out_dim = width
+        self.stage_names = ("patch_embed", *(f"block{i + 1}" for i in range(depth)))
+
+    def embed_patches(self, images: Tensor) -> Tensor:
+        """Patch tokens with their position embedding, no class token.
+
+        Args:
+            images: (B, 3, H, W) with H = W = image_size.
+
+        Returns:
+            (B, L, width) tokens in row-major patch order, L = (H / patch_size) ** 2.
+        """
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"this ViT takes {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}"
+            )
+        tokens = self.patch_proj(images).flatten(2).transpose(1, 2)
+        return tokens + self.pos_embedding[:, 1:]
+
+    def add_class_token(self, tokens: Tensor) -> Tensor:
+        """(B, L', width) -> (B, 1 + L', width): the class token (with its position embedding) first."""
+        cls = (self.class_token + self.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1)
+
+    def pool_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + L, width) normalized tokens -> (B, width) by ``pool``."""
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        tokens = self.blocks(self.add_class_token(self.embed_patches(images)))
+        return self.pool_tokens(self.norm(tokens))
+
+    def forward_features(self, images: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        self.check_layers(layers)
+        wanted = set(layers)
+        tokens = self.add_class_token(self.embed_patches(images))
+        out: dict[str, Tensor] = {"patch_embed": tokens}
+        for i, block in enumerate(self.blocks):
+            if wanted.issubset(out):
+                break
+            tokens = block(tokens)
+            out[f"block{i + 1}"] = tokens
+        if "pooled" in wanted:
+            out["pooled"] = self.pool_tokens(self.norm(tokens))
+        return {name: out[name] for name in layers}
+
+    def stage_modules(self) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
+        embed: list[nn.Module | nn.Parameter] = [self.patch_proj, self.class_token, self.pos_embedding]
+        blocks: list[tuple[str, list[nn.Module | nn.Parameter]]] = [
+            (f"block{i + 1}", [b]) for i, b in enumerate(self.blocks)
+        ]
+        blocks[-1][1].append(self.norm)  # the final LayerNorm belongs to the last stage
+        return [("patch_embed", embed), *blocks]
+
+    def check_image_size(self, image_size: int) -> None:
+        if image_size != self.image_size:
+            raise ValueError(
+                f"this ViT was built for {self.image_size} px images, got {image_size} px "
+                "(set encoder.image_size to the data's image size)"
+            )

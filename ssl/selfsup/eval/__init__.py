@@ -1,0 +1,1 @@
+"""Downstream evaluation of frozen or fine-tuned encoders."""

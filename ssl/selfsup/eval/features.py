@@ -1,0 +1,196 @@
+"""Frozen-encoder features: extraction in eval mode without gradients, pooling, and an on-disk cache.
+
+Features are extracted once per (encoder weights, images, preprocessing, layers, pooling) and stored
+as safetensors under the cache folder; every later probe of the same encoder on the same data reads
+them back in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from selfsup.data.datamodule import ImageDataModule
+from selfsup.encoders.base import Encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one labeled split.
+
+    Attributes:
+        features: layer name -> (N, D) float32.
+        labels: (N,) long class indices.
+    """
+
+    features: dict[str, Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def pool_feature(
+    feature: Tensor, grid: int = 1, token_pool: str = "cls", num_prefix_tokens: int = 1
+) -> Tensor:
+    """Flatten one intermediate feature to a vector per image.
+
+    Args:
+        feature: (B, C, h, w) map, (B, T, D) tokens or (B, D) vector.
+        grid: maps are average-pooled to ``grid x grid`` cells (adaptive, as in Goyal et al. 2019).
+        token_pool: tokens are reduced to the class token (``cls``) or the mean of the others (``mean``).
+        num_prefix_tokens: class (and register) tokens at the start of a token sequence.
+
+    Returns:
+        (B, C * grid * grid) for maps, (B, D) for tokens and vectors.
+    """
+    if feature.ndim == 4:
+        return F.adaptive_avg_pool2d(feature, grid).flatten(1)
+    if feature.ndim == 3:
+        if token_pool == "cls":
+            return feature[:, 0]
+        if token_pool == "mean":
+            return feature[:, num_prefix_tokens:].mean(dim=1)
+        raise ValueError(f"token_pool must be 'cls' or 'mean', got {token_pool!r}")
+    if feature.ndim == 2:
+        return feature
+    raise ValueError(f"cannot pool a feature of shape {tuple(feature.shape)}")
+
+
+@torch.inference_mode()
+def extract_features(
+    encoder: Encoder,
+    datamodule: ImageDataModule,
+    split: str,
+    layers: Sequence[str],
+    grids: Mapping[str, int] | int = 1,
+    token_pool: str = "cls",
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+) -> FeatureSet:
+    """Pooled features of every image of a labeled split, with the encoder frozen in eval mode.
+
+    Args:
+        encoder: any encoder; its mode is restored afterwards.
+        datamodule: gives the split's centre-cropped loader and the device-side normalization.
+        split: ``train`` or ``test``.
+        layers: feature names (``encoder.stage_names`` or ``pooled``).
+        grids: pooling grid per layer, or one for all.
+        token_pool: ``cls`` or ``mean`` for token features.
+        device: where the encoder runs.
+        batch_size: images per forward pass (default: the datamodule's).
+    """
+    device = torch.device(device)
+    was_training = encoder.training
+    encoder.eval().to(device)
+    per_layer: dict[str, list[Tensor]] = {name: [] for name in layers}
+    labels: list[Tensor] = []
+    prefix = getattr(encoder, "num_prefix_tokens", 1)
+    try:
+        for batch in datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size):
+            if batch["image"].shape[0] == 0:
+                continue
+            batch = datamodule.to_device(batch, device)
+            maps = encoder.forward_features(batch["image"], layers)
+            for name in layers:
+                grid = grids if isinstance(grids, int) else grids[name]
+                per_layer[name].append(pool_feature(maps[name], grid, token_pool, prefix).float().cpu())
+            labels.append(batch["label"].cpu())
+    finally:
+        encoder.train(was_training)
+    if not labels:
+        raise RuntimeError(f"no readable images in the '{split}' split")
+    return FeatureSet({name: torch.cat(chunks) for name, chunks in per_layer.items()}, torch.cat(labels))
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """A stable hash of everything that determines extracted features."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Features stored as ``<folder>/<key>.safetensors``, written atomically.
+
+    Args:
+        folder: where the files go, or None to disable caching.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None) -> None:
+        self.folder = Path(folder).expanduser() if folder is not None else None
+
+    def path(self, key: str) -> Path | None:
+        return self.folder / f"{key}.safetensors" if self.folder is not None else None
+
+    def load(self, key: str) -> FeatureSet | None:
+        path = self.path(key)
+        if path is None or not path.is_file():
+            return None
+        tensors = load_file(str(path))
+        labels = tensors.pop("__labels__")
+        return FeatureSet({name.removeprefix("layer/"): t for name, t in tensors.items()}, labels)
+
+    def store(self, key: str, features: FeatureSet, description: Mapping[str, Any]) -> None:
+        path = self.path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"layer/{name}": t.contiguous() for name, t in features.features.items()}
+        tensors["__labels__"] = features.labels.contiguous()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(tensors, str(tmp), metadata={"description": json.dumps(description, default=str)})
+        os.replace(tmp, path)
+
+
+def cached_features(
+    cache: FeatureCache,
+    encoder: Encoder,
+    encoder_id: str,
+    datamodule: ImageDataModule,
+    split: str,
+    layers: Sequence[str],
+    grids: Mapping[str, int] | int = 1,
+    token_pool: str = "cls",
+    device: torch.device | str = "cpu",
+) -> tuple[FeatureSet, bool]:
+    """Features from the cache when present, else extracted and stored.
+
+    Args:
+        encoder_id: identifies the encoder's weights (the export's sha256); a changed encoder gets a
+            new key, so stale features are never reused.
+
+    Returns:
+        The features, and whether they came from the cache.
+    """
+    description = {
+        "encoder": encoder_id,
+        "data": datamodule.source(split).fingerprint(),
+        "split": split,
+        "image_size": datamodule.image_size,
+        "crop_fraction": datamodule.eval_crop_fraction,
+        "mean": list(datamodule.mean),
+        "std": list(datamodule.std),
+        "layers": list(layers),
+        "grids": grids if isinstance(grids, int) else dict(grids),
+        "token_pool": token_pool,
+    }
+    key = cache_key(description)
+    hit = cache.load(key)
+    if hit is not None:
+        log.info("features for %s/%s read from %s", encoder_id[:12], split, cache.path(key))
+        return hit, True
+    features = extract_features(encoder, datamodule, split, layers, grids, token_pool, device)
+    cache.store(key, features, description)
+    return features, False

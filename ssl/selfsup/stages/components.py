@@ -1,0 +1,80 @@
+"""Building the run's objects from the composed config, each checked before any training starts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from selfsup.config import build, check_data, select
+from selfsup.data.datamodule import ImageDataModule
+from selfsup.encoders.base import Encoder
+from selfsup.errors import ConfigError, DataError
+from selfsup.tasks.base import PretextTask
+
+log = logging.getLogger(__name__)
+
+
+def setup_runtime(cfg: DictConfig) -> None:
+    """Seed every RNG (workers included) and set the thread count."""
+    threads = cfg.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+
+def build_encoder(cfg: DictConfig) -> Encoder:
+    """``cfg.encoder``, checked against ``cfg.data.image_size``."""
+    encoder = build("encoder", cfg.encoder)
+    if not isinstance(encoder, Encoder):
+        raise ConfigError("encoder", f"_target_ must build a selfsup Encoder, got {type(encoder).__name__}")
+    image_size = int(select(cfg, "data.image_size"))
+    try:
+        encoder.check_image_size(image_size)
+    except ValueError as e:
+        raise ConfigError("data.image_size", str(e)) from None
+    return encoder
+
+
+def build_datamodule(cfg: DictConfig, splits: Sequence[str]) -> ImageDataModule:
+    """``cfg.data`` with the given splits opened (folders scanned, archives indexed) and checked."""
+    check_data(cfg)
+    datamodule = build("data", cfg.data)
+    for split in splits:
+        if not datamodule.has(split):
+            raise ConfigError(f"data.{split}", f"this stage needs '{split}' images, but data.{split} is null")
+        try:
+            datamodule.source(split)
+        except DataError as e:
+            raise ConfigError(f"data.{split}", str(e)) from None
+    return datamodule
+
+
+def build_task(cfg: DictConfig, encoder: Encoder) -> PretextTask:
+    """``cfg.task`` around ``encoder``, with the optimizer and schedule factories, checked against the image size."""
+    optim = build("optim", cfg.optim, _convert_="all")
+    schedule = build("schedule", cfg.schedule) if cfg.get("schedule") is not None else None
+    make_task = build(
+        "task", cfg.task, _partial_=True, _convert_="all"
+    )  # plain lists: checkpoints load weights_only
+    try:
+        task = make_task(encoder=encoder, optim=optim, schedule=schedule)
+    except (TypeError, ValueError) as e:
+        raise ConfigError("task", f"cannot build {cfg.task.get('_target_')}: {e}") from None
+    if not isinstance(task, PretextTask):
+        raise ConfigError("task", f"_target_ must build a PretextTask, got {type(task).__name__}")
+    try:
+        task.check_input(int(cfg.data.image_size))
+    except ValueError as e:
+        raise ConfigError("task", str(e)) from None
+    return task
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (or None) is the first GPU when there is one, else the CPU."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,108 @@
+"""The pretraining stage: build and check everything, train the pretext task, export the encoder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from selfsup.config import check_complete, check_training
+from selfsup.encoders import export
+from selfsup.errors import ConfigError
+from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
+from selfsup.stages.run_dir import update_metrics
+from selfsup.training.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+ENCODER_DIR = "encoder"
+INIT_ENCODER_DIR = "encoder_init"
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to resume from: a path, ``auto`` (this run's last.ckpt, if any), or None."""
+    if resume in (None, "", "none"):
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("resume=auto: no %s yet, starting fresh", last)
+        return None
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise ConfigError("resume", f"checkpoint {path} does not exist (use a .ckpt path, auto, or null)")
+    return str(path)
+
+
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain ``cfg.encoder`` with ``cfg.task`` on ``cfg.data``; export it to ``<run dir>/encoder``.
+
+    The encoder's random initialization is exported too (``<run dir>/encoder_init``), so that
+    downstream stages can compare against exactly the starting point.
+
+    Returns:
+        The ``pretrain`` section of metrics.json: steps, epochs, time, throughput, final pretext metrics.
+    """
+    check_complete(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    check_training(cfg)
+    setup_runtime(cfg)
+    encoder = build_encoder(cfg)
+    datamodule = build_datamodule(cfg, ["pretrain"])
+    task = build_task(cfg, encoder)
+    resume = resolve_resume(cfg.get("resume"), run_dir)
+    input_spec = datamodule.input_spec()
+    if resume is None:
+        export.save(
+            encoder, run_dir / INIT_ENCODER_DIR, input_spec, {"task": None, "steps": 0, "seed": int(cfg.seed)}
+        )
+    if cfg.get("channels_last"):
+        task.memory_format = torch.channels_last
+        task.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        task.encoder.compile()
+    trainer = build_trainer(cfg)
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    started = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    seconds = time.perf_counter() - started
+    images = trainer.global_step * datamodule.batch_size * trainer.world_size
+    results: dict[str, Any] = {
+        "task": cfg.task._target_,
+        "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "time_s": round(seconds, 1),
+        "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
+        "lr": task.lr,
+        "effective_batch": task.effective_batch(),
+        "bad_images": len(datamodule.bad_images),
+        **{
+            k.removeprefix("train/"): round(float(v), 4)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("train/")
+        },
+    }
+    if trainer.is_global_zero:
+        meta = {
+            "task": cfg.task._target_,
+            "steps": results["steps"],
+            "seed": int(cfg.seed),
+            "run_dir": str(run_dir),
+        }
+        export.save(task.encoder, run_dir / ENCODER_DIR, input_spec, meta)
+        if datamodule.bad_images:
+            (run_dir / "bad_images.txt").write_text("\n".join(sorted(datamodule.bad_images)) + "\n")
+            log.warning(
+                "%d unreadable images were skipped; listed in %s",
+                len(datamodule.bad_images),
+                run_dir / "bad_images.txt",
+            )
+        update_metrics(run_dir, "pretrain", results)
+    return results

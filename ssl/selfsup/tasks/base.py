@@ -1,0 +1,121 @@
+"""What every pretext task shares: the encoder, the optimizer from config, logging.
+
+A task subclasses :class:`PretextTask` and implements ``pretext_step``: turn a batch of
+base-augmented, normalized images into pretext inputs and targets on the device, run the encoder and
+its head, and return the loss with any metrics. Optimizer, schedule and logging live here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from selfsup.encoders.base import Encoder
+from selfsup.training.optim import build_optimizer, derived_lr, optimizer_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    """A task's loss for one batch and the metrics to log beside it (scalars, detached or not)."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class PretextTask(pl.LightningModule):
+    """Base of pretext tasks: owns an encoder and a head, trains them on a pretext loss.
+
+    Args:
+        encoder: the encoder being pretrained; exported at the end.
+        optim: ``optimizer`` (a ``_partial_`` optimizer factory), ``lr``, ``weight_decay``,
+            ``lr_scaling`` and ``reference_batch`` (see conf/optim).
+        schedule: a ``_partial_`` factory ``(optimizer, total_steps) -> LRScheduler``, or None.
+    """
+
+    def __init__(
+        self, encoder: Encoder, optim: Mapping[str, Any] | None = None, schedule: Callable | None = None
+    ) -> None:
+        super().__init__()
+        # The encoder's weights are in the state dict and its constructor config in the hparams, so a
+        # checkpoint alone rebuilds it. Optimizer factories are code, not hparams: the run directory's
+        # .hydra/config.yaml records how they were configured.
+        self.save_hyperparameters(ignore=["encoder", "optim", "schedule"])
+        self.hparams["encoder_config"] = dict(encoder.config)
+        self.encoder = encoder
+        self.optim = dict(optim or {})
+        self.schedule = schedule
+        self.memory_format = torch.contiguous_format
+        self.lr: float | None = None  # derived in configure_optimizers, logged there
+
+    # -- what a task implements ----------------------------------------------------------------
+    def pretext_step(self, images: Tensor) -> StepOutput:
+        """Make pretext inputs and targets from ``images`` (B, 3, H, W), normalized, on the device."""
+        raise NotImplementedError
+
+    def check_input(self, image_size: int) -> None:
+        """Raise ``ValueError`` saying why when this task cannot work on images of ``image_size`` px."""
+
+    # -- shared --------------------------------------------------------------------------------
+    def encode(self, inputs: Tensor) -> Tensor:
+        """(N, 3, h, w) -> (N, encoder.out_dim), in the configured memory format."""
+        return self.encoder(inputs.contiguous(memory_format=self.memory_format))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        images = batch["image"]
+        if images.shape[0] == 0:
+            return None  # every image of this batch was unreadable and skipped
+        out = self.pretext_step(images)
+        batch_size = images.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
+        for name, value in out.metrics.items():
+            self.log(f"train/{name}", value, prog_bar=True, batch_size=batch_size)
+        return out.loss
+
+    def heads(self) -> list[nn.Module]:
+        """Modules trained with the encoder; by default every child but the encoder."""
+        return [m for name, m in self.named_children() if name != "encoder"]
+
+    def effective_batch(self) -> int:
+        """Images per optimizer step over all devices and accumulation steps."""
+        trainer = self.trainer
+        per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if per_device is None:
+            raise RuntimeError("the effective batch needs a datamodule with a batch_size")
+        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.optim
+        factory = cfg.get("optimizer") or torch.optim.AdamW
+        effective = self.effective_batch()
+        self.lr = derived_lr(
+            float(cfg.get("lr", 1e-3)),
+            cfg.get("lr_scaling", "none"),
+            effective,
+            cfg.get("reference_batch", 256),
+        )
+        optimizer: Optimizer = build_optimizer(
+            factory,
+            [self.encoder, *self.heads()],
+            self.lr,
+            float(cfg.get("weight_decay", 0.0)),
+            cfg.get("no_decay_bias_and_norm", True),
+        )
+        log.info(
+            "learning rate %.3g = optim.lr %.3g scaled '%s' by effective batch %d (reference %d); %s",
+            self.lr, cfg.get("lr", 1e-3), cfg.get("lr_scaling", "none"), effective, cfg.get("reference_batch", 256),
+            optimizer_summary(optimizer),
+        )  # fmt: skip
+        if self.schedule is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.schedule(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,1 @@
+"""Training plumbing shared by all tasks: optimizers, schedules, checkpoints, the Trainer."""

@@ -1,0 +1,47 @@
+"""Callbacks that every pretraining run uses (wired in conf/callbacks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+
+class RNGStateCheckpoint(pl.Callback):
+    """Saves every rank's random-number-generator states in checkpoints and restores them on resume.
+
+    Lightning restores weights, optimizer and loop counters but not the RNGs that draw data order,
+    augmentations and pretext targets; without them a resumed run diverges from an uninterrupted one.
+    With them, a run resumed from an end-of-epoch checkpoint ends with the same weights.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        if "numpy" in states:  # checkpoints load with weights_only=True: store numpy's array as a tensor
+            kind, keys, pos, has_gauss, cached = states["numpy"]
+            states["numpy"] = (
+                kind,
+                torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                pos,
+                has_gauss,
+                cached,
+            )
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, states)
+            return {"per_rank": gathered}
+        return {"per_rank": [states]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        per_rank = state_dict.get("per_rank", [])
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if rank < len(per_rank):
+            states = dict(per_rank[rank])
+            if "numpy" in states:
+                kind, keys, pos, has_gauss, cached = states["numpy"]
+                states["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+            _set_rng_states(states)

@@ -1,0 +1,83 @@
+"""The DataModule: uint8 crops from workers, normalization on the device, skipped images reported."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import encode_png
+
+from selfsup.data.datamodule import ImageDataModule
+from selfsup.data.sources import ArrayImages, FolderImages
+from selfsup.data.synthetic import synthetic
+from selfsup.data.transforms import normalize
+from selfsup.errors import DataError
+
+
+def _module(**kwargs) -> ImageDataModule:
+    defaults = dict(
+        pretrain=partial(synthetic, 20, 40),
+        train=partial(synthetic, 20, 40, seed=1),
+        image_size=24,
+        batch_size=8,
+    )
+    return ImageDataModule(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_batches_are_uint8_crops(workers: int) -> None:
+    dm = _module(num_workers=workers)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2  # 20 images, batch 8, last partial batch dropped
+    assert batches[0]["image"].dtype == torch.uint8 and batches[0]["image"].shape == (8, 3, 24, 24)
+
+
+def test_normalization_happens_after_transfer() -> None:
+    dm = _module(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    batch = next(iter(dm.labeled_dataloader("train")))
+    raw = batch["image"].clone()
+    out = dm.on_after_batch_transfer(batch, 0)["image"]
+    assert out.dtype == torch.float32
+    expected = (raw.float() / 255 - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.5, 0.25, 1.0]
+    ).view(1, 3, 1, 1)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_normalize_matches_torchvision() -> None:
+    from torchvision.transforms.v2 import functional as F
+
+    images = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
+    assert torch.allclose(
+        normalize(images, mean, std), F.normalize(images.float() / 255, mean, std), atol=1e-5
+    )
+
+
+def test_eval_loader_is_ordered_and_centre_cropped() -> None:
+    dm = _module(eval_crop_fraction=0.75)
+    labels = torch.cat([b["label"] for b in dm.labeled_dataloader("train")])
+    assert labels.tolist() == synthetic(20, 40, seed=1).labels.tolist()
+
+
+def test_unlabeled_source_cannot_be_used_downstream() -> None:
+    unlabeled = partial(ArrayImages, torch.zeros(4, 3, 8, 8, dtype=torch.uint8), [-1] * 4, None, "unlabeled")
+    with pytest.raises(DataError, match=r"data.train must be labeled"):
+        _module(train=unlabeled).source("train")
+
+
+def test_skipped_images_are_counted_once(tmp_path: Path) -> None:
+    for i in range(6):
+        (tmp_path / f"{i}.png").write_bytes(
+            encode_png(torch.zeros(3, 30, 30, dtype=torch.uint8)).numpy().tobytes()
+        )
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    dm = ImageDataModule(pretrain=partial(FolderImages, tmp_path), image_size=16, batch_size=7)
+    dm.setup("fit")
+    for _ in range(2):  # two epochs see the bad file twice
+        for batch in dm.train_dataloader():
+            dm.on_after_batch_transfer(batch, 0)
+    assert dm.bad_images == {str(tmp_path / "bad.png")}

@@ -1,0 +1,115 @@
+"""Every encoder config honours the Encoder interface (parametrized over conf/encoder/*.yaml)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from selfsup.encoders import Encoder, ResNetEncoder, ViTEncoder, feature_shapes
+from selfsup.encoders.vit import sincos_position_embedding
+from tests.conftest import options
+
+SIZE = 32
+
+
+def _build(make_cfg, name: str) -> Encoder:
+    cfg = make_cfg([f"encoder={name}", f"data.image_size={SIZE}"])
+    if "vit" in name:
+        cfg.encoder.patch_size = 8  # keep the test light: 4x4 tokens
+    return instantiate(cfg.encoder)
+
+
+@pytest.mark.parametrize("name", options("encoder"))
+def test_interface(make_cfg, name: str) -> None:
+    encoder = _build(make_cfg, name)
+    images = torch.randn(2, 3, SIZE, SIZE)
+    pooled = encoder(images)
+    assert pooled.shape == (2, encoder.out_dim)
+    names = [*encoder.stage_names, "pooled"]
+    features = encoder.forward_features(images, names)
+    assert list(features) == names
+    assert torch.allclose(features["pooled"], pooled, atol=1e-5)
+    for feature in features.values():
+        assert feature.shape[0] == 2
+    assert feature_shapes(encoder, SIZE, ["pooled"]) == {"pooled": (encoder.out_dim,)}
+
+
+@pytest.mark.parametrize("name", options("encoder"))
+def test_stages_cover_every_parameter_once(make_cfg, name: str) -> None:
+    encoder = _build(make_cfg, name)
+    covered: list[int] = []
+    for _, parts in encoder.stage_modules():
+        for part in parts:
+            params = [part] if isinstance(part, torch.nn.Parameter) else list(part.parameters())
+            covered += [id(p) for p in params]
+    assert sorted(covered) == sorted(id(p) for p in encoder.parameters())
+    assert [name for name, _ in encoder.stage_modules()] == list(encoder.stage_names)
+
+
+@pytest.mark.parametrize("name", options("encoder"))
+def test_config_rebuilds_the_same_architecture(make_cfg, name: str) -> None:
+    encoder = _build(make_cfg, name)
+    twin = instantiate(encoder.config)
+    assert type(twin) is type(encoder)
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {
+        k: v.shape for k, v in encoder.state_dict().items()
+    }
+
+
+def test_forward_features_stops_at_the_deepest_layer_requested() -> None:
+    encoder = ResNetEncoder(18, cifar_stem=True)
+    called = []
+    encoder.stage4.register_forward_hook(lambda *_: called.append("stage4"))
+    encoder.forward_features(torch.zeros(1, 3, 32, 32), ["stage2"])
+    assert not called
+
+
+def test_resnet_feature_shapes_with_and_without_cifar_stem() -> None:
+    shapes = feature_shapes(ResNetEncoder(18, cifar_stem=True), 32, ResNetEncoder.stage_names)
+    assert shapes == {
+        "stem": (64, 32, 32),
+        "stage1": (64, 32, 32),
+        "stage2": (128, 16, 16),
+        "stage3": (256, 8, 8),
+        "stage4": (512, 4, 4),
+    }
+    assert feature_shapes(ResNetEncoder(50), 64, ["stage4"]) == {"stage4": (2048, 2, 2)}
+
+
+def test_resnet_rejects_images_smaller_than_its_downsampling() -> None:
+    ResNetEncoder(18, cifar_stem=True).check_image_size(8)
+    with pytest.raises(ValueError, match="at least 32 px"):
+        ResNetEncoder(18).check_image_size(16)
+
+
+def test_vit_tokens_and_checks() -> None:
+    vit = ViTEncoder(image_size=32, patch_size=4, width=64, depth=2, num_heads=2)
+    tokens = vit.embed_patches(torch.zeros(3, 3, 32, 32))
+    assert tokens.shape == (3, 64, 64)
+    assert vit.add_class_token(tokens).shape == (3, 65, 64)
+    assert not vit.pos_embedding.requires_grad
+    with pytest.raises(ValueError, match="built for 32 px"):
+        vit.check_image_size(64)
+    with pytest.raises(ValueError, match="takes 32x32 images"):
+        vit(torch.zeros(1, 3, 48, 48))
+
+
+def test_vit_mean_pool_is_the_mean_patch_token() -> None:
+    vit = ViTEncoder(image_size=16, patch_size=4, width=32, depth=1, num_heads=2, pool="mean").eval()
+    images = torch.randn(2, 3, 16, 16)
+    tokens = vit.norm(vit.blocks(vit.add_class_token(vit.embed_patches(images))))
+    assert torch.allclose(vit(images), tokens[:, 1:].mean(dim=1), atol=1e-6)
+
+
+def test_sincos_embedding_matches_mae_formula() -> None:
+    grid, dim = 3, 8
+    emb = sincos_position_embedding(grid, dim)
+    assert emb.shape == (9, 8)
+    omega = 1.0 / 10000 ** (torch.arange(2, dtype=torch.float64) / 2)
+    for index in range(9):
+        row, col = divmod(index, grid)
+        expected = torch.cat(
+            [torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)]
+        ).float()
+        assert torch.allclose(emb[index], expected, atol=1e-6)

@@ -1,0 +1,55 @@
+"""Export and reload: identical outputs, no task code needed, clear errors for a missing export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.encoders import ResNetEncoder, ViTEncoder, load, read_spec, save
+from selfsup.errors import DataError
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        ResNetEncoder(18, cifar_stem=True),
+        ViTEncoder(image_size=32, patch_size=8, width=64, depth=2, num_heads=2, pos_embed="learned"),
+    ],
+    ids=["resnet18", "vit"],
+)
+def test_round_trip_gives_identical_outputs(tmp_path: Path, encoder) -> None:
+    # Change the weights and BatchNorm statistics away from their initial values first.
+    encoder.train()
+    with torch.no_grad():
+        encoder(torch.randn(4, 3, 32, 32))
+        for p in encoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    encoder.eval()
+    save(encoder, tmp_path / "export", {"image_size": 32}, {"task": "test"})
+    loaded = load(tmp_path / "export")
+    images = torch.randn(3, 3, 32, 32)
+    assert torch.equal(loaded(images), encoder(images))
+    spec = read_spec(tmp_path / "export" / "encoder.yaml")
+    assert spec["input"] == {"image_size": 32} and spec["meta"] == {"task": "test"}
+
+
+def test_load_needs_no_task_code(tmp_path: Path) -> None:
+    save(ResNetEncoder(18), tmp_path / "export")
+    code = (
+        "import sys, selfsup.encoders as e\n"
+        f"enc = e.load({str(tmp_path / 'export')!r})\n"
+        "assert not any(m.startswith('selfsup.tasks') for m in sys.modules), sorted(m for m in sys.modules if 'selfsup' in m)\n"
+        "print(enc.out_dim)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "512"
+
+
+def test_missing_export_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no exported encoder at"):
+        load(tmp_path / "nothing")

@@ -1,0 +1,70 @@
+"""Feature extraction (frozen, eval mode), pooling, and the on-disk cache."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.data.datamodule import ImageDataModule
+from selfsup.data.synthetic import synthetic
+from selfsup.encoders import ResNetEncoder
+from selfsup.eval.features import FeatureCache, cached_features, extract_features, pool_feature
+
+
+def _datamodule() -> ImageDataModule:
+    return ImageDataModule(
+        train=partial(synthetic, 12, 16, seed=1),
+        test=partial(synthetic, 8, 16, seed=2),
+        image_size=16,
+        batch_size=5,
+    )
+
+
+def test_pooling_rules() -> None:
+    maps = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert pool_feature(maps, 1).shape == (2, 3)
+    assert torch.equal(pool_feature(maps, 2)[0, :4], maps[0, 0].view(2, 2, 2, 2).mean(dim=(1, 3)).flatten())
+    tokens = torch.randn(2, 5, 8)
+    assert torch.equal(pool_feature(tokens, token_pool="cls"), tokens[:, 0])
+    assert torch.allclose(pool_feature(tokens, token_pool="mean"), tokens[:, 1:].mean(1))
+
+
+def test_extraction_is_frozen_and_restores_the_mode() -> None:
+    encoder = ResNetEncoder(18, cifar_stem=True).train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    features = extract_features(
+        encoder, _datamodule(), "train", ["stage2", "pooled"], grids={"stage2": 2, "pooled": 1}
+    )
+    assert features.features["stage2"].shape == (12, 128 * 4) and features.features["pooled"].shape == (
+        12,
+        512,
+    )
+    assert features.labels.tolist() == synthetic(12, 16, seed=1).labels.tolist()
+    assert encoder.training
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed (BatchNorm statistics must not update)"
+
+
+def test_cache_reuses_features_and_a_changed_encoder_invalidates_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, dm, encoder = FeatureCache(tmp_path), _datamodule(), ResNetEncoder(18, cifar_stem=True)
+    first, hit = cached_features(cache, encoder, "weights-a", dm, "train", ["pooled"])
+    assert not hit
+
+    calls = []
+    original = ResNetEncoder.forward_features
+    monkeypatch.setattr(
+        ResNetEncoder, "forward_features", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    second, hit = cached_features(cache, encoder, "weights-a", dm, "train", ["pooled"])
+    assert hit and not calls, "a cache hit runs no encoder forward"
+    assert torch.equal(first.features["pooled"], second.features["pooled"])
+
+    _, hit = cached_features(cache, encoder, "weights-b", dm, "train", ["pooled"])
+    assert not hit and calls, "different encoder weights must not reuse the features"
+    _, hit = cached_features(cache, encoder, "weights-a", dm, "test", ["pooled"])
+    assert not hit, "different images must not reuse the features"

@@ -1,0 +1,179 @@
+"""Every option of every config group composes and builds; bad values fail early with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from selfsup.config import check_complete
+from selfsup.data.datamodule import ImageDataModule
+from selfsup.encoders.base import Encoder
+from selfsup.errors import ConfigError
+from selfsup.stages.components import build_datamodule, build_encoder, build_task
+from selfsup.stages.pretrain import pretrain
+from selfsup.tasks.base import PretextTask
+from selfsup.training.trainer import build_trainer, instantiate_each
+from tests.conftest import FAST, options
+
+NEEDS_GPU = {"gpu", "ddp"}
+
+
+def _image_folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
+    from torchvision.io import write_png
+
+    for c in range(classes):
+        for split in ("train", "test"):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                write_png(torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8), str(folder / f"{i}.png"))
+    return root
+
+
+@pytest.mark.parametrize("name", options("encoder"))
+def test_every_encoder_builds(make_cfg, name: str) -> None:
+    encoder = build_encoder(make_cfg([f"encoder={name}", "data.image_size=32"]))
+    assert isinstance(encoder, Encoder)
+    assert encoder.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, encoder.out_dim)
+
+
+@pytest.mark.parametrize("name", options("task"))
+def test_every_task_builds(make_cfg, name: str) -> None:
+    cfg = make_cfg([f"task={name}", *FAST])
+    assert isinstance(build_task(cfg, build_encoder(cfg)), PretextTask)
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_option_builds(make_cfg, tmp_path: Path, name: str) -> None:
+    folder = _image_folder(tmp_path / "images")
+    cfg = make_cfg(
+        [f"data={name}", f"data.path={folder}"] if name in ("folder", "imagefolder") else [f"data={name}"]
+    )
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, ImageDataModule)
+    if name in ("cifar10", "cifar100", "stl10"):  # not on this machine: a clear error, nothing downloaded
+        with pytest.raises(ConfigError, match=r"not found under .*download=true"):
+            build_datamodule(cfg, ["pretrain"])
+        return
+    splits = [s for s in ("pretrain", "train", "test") if datamodule.has(s)]
+    datamodule = build_datamodule(cfg, splits)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8
+    assert batch["image"].shape[1:] == (3, cfg.data.image_size, cfg.data.image_size)
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_every_trainer_builds(make_cfg, name: str) -> None:
+    cfg = make_cfg([f"trainer={name}"])
+    if name in NEEDS_GPU and not torch.cuda.is_available():
+        pytest.skip("needs a GPU to instantiate; composed fine")
+    build_trainer(cfg)
+
+
+@pytest.mark.parametrize("name", options("optim"))
+def test_every_optimizer_builds(make_cfg, name: str) -> None:
+    cfg = make_cfg([f"optim={name}"])
+    factory = instantiate(cfg.optim.optimizer)
+    optimizer = factory(torch.nn.Linear(2, 2).parameters(), lr=cfg.optim.lr)
+    assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
+
+
+@pytest.mark.parametrize("name", options("schedule"))
+def test_every_schedule_builds(make_cfg, name: str) -> None:
+    cfg = make_cfg([f"schedule={name}"])
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    scheduler = instantiate(cfg.schedule)(optimizer, total_steps=100)
+    for _ in range(100):
+        optimizer.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_every_logger_builds(make_cfg, name: str) -> None:
+    cfg = make_cfg([f"logger={name}"])
+    for logger in instantiate_each(cfg.logger):
+        logger.log_metrics({"x": 1.0}, step=0)
+
+
+@pytest.mark.parametrize("name", options("callbacks"))
+def test_every_callback_set_builds(make_cfg, name: str) -> None:
+    assert instantiate_each(make_cfg([f"callbacks={name}"]).callbacks)
+
+
+@pytest.mark.parametrize("name", options("eval"))
+def test_every_eval_option_composes(make_cfg, name: str) -> None:
+    cfg = make_cfg([f"eval={name}"], config_name="pipeline")
+    check_complete(cfg)
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_composes(make_cfg, name: str) -> None:
+    cfg = make_cfg([f"experiment={name}"], config_name="pipeline")
+    check_complete(cfg)
+    OmegaConf.resolve(cfg.data)
+
+
+def test_slurm_launcher_composes(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("selfsup.conf", version_base="1.3"):
+        cfg = compose(
+            "pretrain",
+            overrides=["hydra/launcher=slurm", f"paths.run_dir={tmp_path}"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+# -- errors -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "allowed"), [("task=jigsw", "rotnet"), ("encoder=resnet99", "resnet18")]
+)
+def test_unknown_option_lists_the_allowed_ones(make_cfg, override: str, allowed: str) -> None:
+    with pytest.raises(MissingConfigException, match=f"(?s)Available options.*{allowed}"):
+        make_cfg([override])
+
+
+def test_unknown_key_is_named(make_cfg) -> None:
+    with pytest.raises(ConfigCompositionException, match="bsz"):
+        make_cfg(["data.bsz=8"])
+
+
+def test_missing_mandatory_path_is_named(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"'data.path'"):
+        pretrain(make_cfg(["data=folder"]))
+
+
+def test_missing_folder_is_named_and_nothing_is_written(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(["data=folder", f"data.path={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match=r"'data.pretrain'.*nowhere.*does not exist"):
+        pretrain(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero_batch_size_is_named(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"'data.batch_size': must be a positive integer, got 0"):
+        pretrain(make_cfg([*FAST, "data.batch_size=0"]))
+
+
+def test_image_too_small_for_the_encoder(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*at least 32 px.*cifar_stem"):
+        pretrain(make_cfg([*FAST, "data.image_size=16"]))
+
+
+def test_vit_patch_must_divide_the_image(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"'encoder'.*not a multiple of patch_size 5"):
+        build_encoder(make_cfg(["encoder=vit_tiny", "encoder.patch_size=5"]))
+
+
+def test_bad_choice_values_are_named(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"'data.on_bad_image': must be one of \['skip', 'error'\]"):
+        pretrain(make_cfg([*FAST, "data.on_bad_image=ignore"]))
+    with pytest.raises(ConfigError, match=r"'task'.*rotations must be one of"):
+        pretrain(make_cfg([*FAST, "task.rotations=some"]))
