@@ -170,6 +170,8 @@ def test_image_too_small_for_the_encoder(make_cfg) -> None:
 def test_vit_patch_must_divide_the_image(make_cfg) -> None:
     with pytest.raises(ConfigError, match=r"'encoder'.*not a multiple of patch_size 5"):
         build_encoder(make_cfg(["encoder=vit_tiny", "encoder.patch_size=5"]))
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*not a multiple of the ViT's patch size 16"):
+        pretrain(make_cfg([*FAST, "encoder=vit_tiny", "encoder.image_size=32", "data.image_size=40"]))
 
 
 def test_bad_choice_values_are_named(make_cfg) -> None:

@@ -89,10 +89,23 @@ def test_vit_tokens_and_checks() -> None:
     assert tokens.shape == (3, 64, 64)
     assert vit.add_class_token(tokens).shape == (3, 65, 64)
     assert not vit.pos_embedding.requires_grad
-    with pytest.raises(ValueError, match="built for 32 px"):
-        vit.check_image_size(64)
-    with pytest.raises(ValueError, match="takes 32x32 images"):
-        vit(torch.zeros(1, 3, 48, 48))
+    vit.check_image_size(64)
+    with pytest.raises(ValueError, match="not a multiple of the ViT's patch size 4"):
+        vit.check_image_size(30)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 4"):
+        vit(torch.zeros(1, 3, 30, 30))
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "learned"])
+def test_vit_takes_other_image_sizes(pos_embed: str) -> None:
+    vit = ViTEncoder(image_size=32, patch_size=8, width=32, depth=1, num_heads=2, pos_embed=pos_embed).eval()
+    assert vit(torch.zeros(2, 3, 64, 64)).shape == (2, 32)
+    native = vit.patch_position_embedding(4, 4)
+    assert torch.equal(native, vit.pos_embedding[:, 1:])
+    if pos_embed == "sincos":
+        assert torch.allclose(vit.patch_position_embedding(8, 8)[0], sincos_position_embedding(8, 32))
+    else:  # interpolating to the same grid is the identity
+        assert vit.patch_position_embedding(8, 8).shape == (1, 64, 32)
 
 
 def test_vit_mean_pool_is_the_mean_patch_token() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -45,7 +46,8 @@ class ViTEncoder(Encoder):
     """A torchvision VisionTransformer as a headless encoder.
 
     Args:
-        image_size: side of the square input images, a multiple of ``patch_size``.
+        image_size: side of the square images it is built for (the position embedding's grid), a
+            multiple of ``patch_size``; other multiples of the patch size work with a resized embedding.
         patch_size: side of a square patch.
         width: token width (192 tiny, 384 small, 768 base).
         depth: number of transformer blocks.
@@ -122,17 +124,30 @@ class ViTEncoder(Encoder):
         """Patch tokens with their position embedding, no class token.
 
         Args:
-            images: (B, 3, H, W) with H = W = image_size.
+            images: (B, 3, H, W), H and W multiples of ``patch_size``. Sizes other than ``image_size``
+                get a resized position embedding (recomputed sin-cos, or bicubic-interpolated learned).
 
         Returns:
-            (B, L, width) tokens in row-major patch order, L = (H / patch_size) ** 2.
+            (B, L, width) tokens in row-major patch order, L = (H / patch_size) * (W / patch_size).
         """
-        if images.shape[-2:] != (self.image_size, self.image_size):
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
             raise ValueError(
-                f"this ViT takes {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}"
+                f"image size {height}x{width} is not a multiple of the patch size {self.patch_size}"
             )
         tokens = self.patch_proj(images).flatten(2).transpose(1, 2)
-        return tokens + self.pos_embedding[:, 1:]
+        return tokens + self.patch_position_embedding(height // self.patch_size, width // self.patch_size)
+
+    def patch_position_embedding(self, rows: int, cols: int) -> Tensor:
+        """(1, rows * cols, width) position embedding of the patch tokens for a rows x cols grid."""
+        pos = self.pos_embedding[:, 1:]
+        if (rows, cols) == (self.grid_size, self.grid_size):
+            return pos
+        if self.config["pos_embed"] == "sincos" and rows == cols:
+            return sincos_position_embedding(rows, self.out_dim).to(pos).unsqueeze(0)
+        grid = pos.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
 
     def add_class_token(self, tokens: Tensor) -> Tensor:
         """(B, L', width) -> (B, 1 + L', width): the class token (with its position embedding) first."""
@@ -170,8 +185,7 @@ class ViTEncoder(Encoder):
         return [("patch_embed", embed), *blocks]
 
     def check_image_size(self, image_size: int) -> None:
-        if image_size != self.image_size:
+        if image_size % self.patch_size:
             raise ValueError(
-                f"this ViT was built for {self.image_size} px images, got {image_size} px "
-                "(set encoder.image_size to the data's image size)"
+                f"image size {image_size} px is not a multiple of the ViT's patch size {self.patch_size}"
             )

@@ -26,16 +26,16 @@ def setup_runtime(cfg: DictConfig) -> None:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
 
-def build_encoder(cfg: DictConfig) -> Encoder:
-    """``cfg.encoder``, checked against ``cfg.data.image_size``."""
+def build_encoder(cfg: DictConfig, check_image_size: bool = True) -> Encoder:
+    """``cfg.encoder``; checked against ``cfg.data.image_size`` unless a task decides what it sees."""
     encoder = build("encoder", cfg.encoder)
     if not isinstance(encoder, Encoder):
         raise ConfigError("encoder", f"_target_ must build a selfsup Encoder, got {type(encoder).__name__}")
-    image_size = int(select(cfg, "data.image_size"))
-    try:
-        encoder.check_image_size(image_size)
-    except ValueError as e:
-        raise ConfigError("data.image_size", str(e)) from None
+    if check_image_size:
+        try:
+            encoder.check_image_size(int(select(cfg, "data.image_size")))
+        except ValueError as e:
+            raise ConfigError("data.image_size", str(e)) from None
     return encoder
 
 
@@ -69,7 +69,7 @@ def build_task(cfg: DictConfig, encoder: Encoder) -> PretextTask:
     try:
         task.check_input(int(cfg.data.image_size))
     except ValueError as e:
-        raise ConfigError("task", str(e)) from None
+        raise ConfigError("data.image_size", f"{e} (task {cfg.task._target_})") from None
     return task
 
 

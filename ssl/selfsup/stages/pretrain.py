@@ -53,7 +53,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     check_training(cfg)
     setup_runtime(cfg)
-    encoder = build_encoder(cfg)
+    encoder = build_encoder(cfg, check_image_size=False)  # the task checks what its encoder will see
     datamodule = build_datamodule(cfg, ["pretrain"])
     task = build_task(cfg, encoder)
     resume = resolve_resume(cfg.get("resume"), run_dir)

@@ -62,7 +62,12 @@ class PretextTask(pl.LightningModule):
         raise NotImplementedError
 
     def check_input(self, image_size: int) -> None:
-        """Raise ``ValueError`` saying why when this task cannot work on images of ``image_size`` px."""
+        """Raise ``ValueError`` saying why when this task cannot work on images of ``image_size`` px.
+
+        By default the encoder sees the images themselves; a task that feeds it something else (tiles,
+        crops) overrides this to check what the encoder will actually get.
+        """
+        self.encoder.check_image_size(image_size)
 
     # -- shared --------------------------------------------------------------------------------
     def encode(self, inputs: Tensor) -> Tensor:
