@@ -56,6 +56,20 @@ def _probe(cfg: DictConfig) -> Any:
     return stage(cfg)
 
 
-main = _entry("pipeline", _run)  # `selfsup`: pretrain, then probe pretrained vs random init
+def _embed(cfg: DictConfig) -> Any:
+    from selfsup.stages.embed import embed
+
+    return embed(cfg)
+
+
+def _finetune(cfg: DictConfig) -> Any:
+    from selfsup.stages.finetune import finetune
+
+    return finetune(cfg)
+
+
+main = _entry("pipeline", _run)  # `selfsup`: pretrain, then evaluate pretrained vs random init
 pretrain = _entry("pretrain", _pretrain)  # `selfsup-pretrain`
-probe = _entry("probe", _probe)  # `selfsup-probe encoders.mine=<export folder>`
+probe = _entry("probe", _probe)  # `selfsup-probe +encoders.mine=<export folder>`
+finetune = _entry("finetune", _finetune)  # `selfsup-finetune +encoders.mine=<export folder>`
+embed = _entry("embed", _embed)  # `selfsup-embed encoder_path=<export folder>`

@@ -70,16 +70,16 @@ def check_complete(cfg: DictConfig) -> None:
         )
 
 
-def check_data(cfg: DictConfig) -> None:
-    """Value checks on ``cfg.data`` that need no object built."""
-    require_positive_int(cfg, "data.batch_size")
-    require_positive_int(cfg, "data.image_size")
-    require_positive_int(cfg, "data.num_workers", allow_zero=True)
-    require_choice(cfg, "data.on_bad_image", ("skip", "error"))
-    for key in ("data.crop_scale", "data.crop_ratio"):
-        low, high = select(cfg, key)
+def check_data(cfg: DictConfig, key: str = "data") -> None:
+    """Value checks on a data config (``cfg.data`` or another one, e.g. ``cfg.downstream``)."""
+    require_positive_int(cfg, f"{key}.batch_size")
+    require_positive_int(cfg, f"{key}.image_size")
+    require_positive_int(cfg, f"{key}.num_workers", allow_zero=True)
+    require_choice(cfg, f"{key}.on_bad_image", ("skip", "error"))
+    for name in (f"{key}.crop_scale", f"{key}.crop_ratio"):
+        low, high = select(cfg, name)
         if not 0 < low <= high:
-            raise ConfigError(key, f"must be [low, high] with 0 < low <= high, got [{low}, {high}]")
+            raise ConfigError(name, f"must be [low, high] with 0 < low <= high, got [{low}, {high}]")
 
 
 def check_training(cfg: DictConfig) -> None:

@@ -15,7 +15,7 @@ from selfsup.stages.pipeline import run
 from selfsup.stages.probe import probe
 from tests.conftest import FAST, FAST_DATA
 
-PROBE = ["eval.linear_probe.epochs=2", "eval.linear_probe.seeds=[0,1]"]
+PROBE = ["eval.linear_probe.epochs=2", "eval.linear_probe.seeds=[0,1]", "eval.linear_probe.layers=[pooled]"]
 
 
 def test_pretrain_export_probe(make_cfg, tmp_path: Path) -> None:
@@ -24,12 +24,13 @@ def test_pretrain_export_probe(make_cfg, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert metrics["pretrain"]["steps"] == 2
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert set(saved) >= {"pretrain", "linear_probe", "total_time_s"}
+    assert set(saved) >= {"pretrain", "linear_probe", "knn", "total_time_s"}
     probe_results = saved["linear_probe"]
     for label in ("pretrained", "random_init"):
         assert 0 <= probe_results[label]["pooled"]["top1_mean"] <= 100
         assert len(probe_results[label]["pooled"]["top1"]) == 2
     assert "gain" in probe_results["comparison"]["pooled"]
+    assert set(saved["knn"]["pretrained"]) == {"top1_k20", "top1_k200"}
     # The exported encoder differs from its initialization and reloads.
     trained, init = load(run_dir / "encoder"), load(run_dir / "encoder_init")
     assert any(
@@ -38,6 +39,10 @@ def test_pretrain_export_probe(make_cfg, tmp_path: Path) -> None:
     )
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()
+    report = (run_dir / "report.md").read_text()
+    assert "## Linear probe" in report and "## kNN" in report
+    for figure in ("probe_layers.png", "training_curves.png", "embedding_tsne.png"):
+        assert (run_dir / "figures" / figure).stat().st_size > 1000, figure
 
 
 def test_probe_stage_reads_exports_and_reuses_cached_features(make_cfg, tmp_path: Path) -> None:
@@ -45,10 +50,58 @@ def test_probe_stage_reads_exports_and_reuses_cached_features(make_cfg, tmp_path
     export = tmp_path / "run" / "encoder"
     overrides = [*FAST_DATA, *PROBE, f"+encoders.mine={export}", f"paths.run_dir={tmp_path / 'probe'}"]
     results = probe(make_cfg(overrides, config_name="probe"))
-    assert set(results) >= {"mine", "timing"}
+    assert set(results["linear_probe"]) >= {"mine", "layers"} and set(results["knn"]) >= {"mine"}
     assert (tmp_path / "probe" / "metrics.json").is_file()
     # The pipeline already extracted these features: the probe stage reads them back.
     assert results["timing"]["mine_features_s"] < 1.0
+
+
+def test_multi_layer_and_augmented_probes(make_cfg, tmp_path: Path) -> None:
+    run(make_cfg([*FAST, *PROBE], config_name="pipeline"))
+    export = tmp_path / "run" / "encoder"
+    common = [
+        *FAST_DATA,
+        f"+encoders.mine={export}",
+        "eval.linear_probe.epochs=1",
+        "eval.linear_probe.seeds=[0]",
+    ]
+    multi = probe(
+        make_cfg([*common, "eval=multilayer", f"paths.run_dir={tmp_path / 'multi'}"], config_name="probe")
+    )
+    layers = multi["linear_probe"]["layers"]
+    assert layers == ["stem", "stage1", "stage2", "stage3", "stage4", "pooled"]
+    assert (
+        multi["linear_probe"]["mine"]["stem"]["grid"] == 8
+    )  # 64 channels of 8x8 after the stem of a 32 px image
+    augmented = [
+        "eval.linear_probe.mode=augmented",
+        "eval.linear_probe.layers=[stage3,pooled]",
+        f"paths.run_dir={tmp_path / 'aug'}",
+    ]
+    results = probe(make_cfg([*common, *augmented], config_name="probe"))
+    assert results["linear_probe"]["mode"] == "augmented"
+    assert set(results["linear_probe"]["mine"]) == {"stage3", "pooled"}
+
+
+def test_embeddings_file_and_map(make_cfg, tmp_path: Path) -> None:
+    import numpy as np
+
+    from selfsup.stages.embed import embed
+
+    run(make_cfg([*FAST, *PROBE], config_name="pipeline"))
+    out = tmp_path / "embed"
+    results = embed(
+        make_cfg(
+            [*FAST_DATA, f"encoder_path={tmp_path / 'run' / 'encoder'}", f"paths.run_dir={out}"],
+            config_name="embed",
+        )
+    )
+    data = np.load(out / "embeddings.npz")
+    assert data["features"].shape == (64, 512) and data["labels"].shape == (64,)
+    assert data["paths"][0].startswith("synthetic") and list(data["classes"]) == [
+        f"class{i}" for i in range(4)
+    ]
+    assert Path(results["figure"]).is_file()
 
 
 def test_probe_of_a_missing_export_is_named(make_cfg, tmp_path: Path) -> None:
@@ -78,6 +131,8 @@ def test_multirun_gives_one_directory_per_job(tmp_path: Path) -> None:
     for job in (tmp_path / "multirun").glob("*/*_rotnet_*"):
         assert (job / "encoder" / "encoder.safetensors").is_file()
         assert json.loads((job / "metrics.json").read_text())["pretrain"]["steps"] == 1
+    summary = next((tmp_path / "multirun").glob("*/summary.md")).read_text()
+    assert "resnet18" in summary and "resnet50" in summary, "the sweep ends with one page comparing its runs"
 
 
 def test_cli_reports_a_config_error_without_a_traceback(tmp_path: Path) -> None:

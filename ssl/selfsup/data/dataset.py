@@ -3,7 +3,8 @@
 An image that cannot be decoded is either skipped (``on_bad_image="skip"``: a warning with its path,
 and the collate function drops it and reports its name in the batch) or stops the run
 (``on_bad_image="error"``). Batches are dicts: ``image`` (B, 3, H, W) uint8, ``label`` (B,) long (-1 when
-unlabeled), ``bad_images`` (list of names skipped while making this batch).
+unlabeled), ``index`` (B,) positions in the source, ``bad_images`` (list of names skipped while making
+this batch).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class ImageDataset(Dataset):
             return BadImage(sample.name)  # logged once per file by the DataModule
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "label": sample.label}
+        return {"image": image, "label": sample.label, "index": index}
 
 
 def collate(items: list[dict[str, Any] | BadImage]) -> dict[str, Any]:

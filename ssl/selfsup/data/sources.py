@@ -56,6 +56,10 @@ class ImageSource:
     def get(self, index: int) -> Sample:
         raise NotImplementedError
 
+    def name(self, index: int) -> str:
+        """Where image ``index`` comes from (a file path, an archive member), for people to read."""
+        raise NotImplementedError
+
     def fingerprint(self) -> str:
         """A string that changes whenever the images or labels change (keys feature caches)."""
         raise NotImplementedError
@@ -122,11 +126,13 @@ class FolderImages(ImageSource):
     def __len__(self) -> int:
         return len(self.files)
 
+    def name(self, index: int) -> str:
+        return self.files[index]
+
     def get(self, index: int) -> Sample:
-        path = self.files[index]
-        with open(path, "rb") as f:
+        with open(self.files[index], "rb") as f:
             data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-        return Sample(data, self.labels[index], path)
+        return Sample(data, self.labels[index], self.name(index))
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(str(self.root).encode())
@@ -232,9 +238,12 @@ class ArchiveImages(ImageSource):
         f.seek(offset)
         return f.read(size)
 
+    def name(self, index: int) -> str:
+        return f"{self.path}:{self.names[index]}"
+
     def get(self, index: int) -> Sample:
         data = torch.frombuffer(bytearray(self.read(index)), dtype=torch.uint8)
-        return Sample(data, self.labels[index], f"{self.path}:{self.names[index]}")
+        return Sample(data, self.labels[index], self.name(index))
 
     def fingerprint(self) -> str:
         stat = self.path.stat()
@@ -289,16 +298,19 @@ class ArrayImages(ImageSource):
         if len(self.labels) != len(self.images):
             raise DataError(f"{name}: {len(self.images)} images but {len(self.labels)} labels")
         self.classes = classes
-        self.name = name
+        self.title = name
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def name(self, index: int) -> str:
+        return f"{self.title}[{index}]"
+
     def get(self, index: int) -> Sample:
-        return Sample(self.images[index], int(self.labels[index]), f"{self.name}[{index}]")
+        return Sample(self.images[index], int(self.labels[index]), self.name(index))
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(self.name.encode())
+        digest = hashlib.sha256(self.title.encode())
         digest.update(self.images.numpy().tobytes())
         digest.update(self.labels.numpy().tobytes())
         return digest.hexdigest()

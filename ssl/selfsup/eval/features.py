@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from selfsup.data.datamodule import ImageDataModule
-from selfsup.encoders.base import Encoder
+from selfsup.encoders.base import Encoder, feature_shapes
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,45 @@ class FeatureSet:
     """Features of one labeled split.
 
     Attributes:
-        features: layer name -> (N, D) float32.
+        features: layer name -> (N, D), float16 by default (half the memory; probes and kNN compute
+            in float32 batch by batch).
         labels: (N,) long class indices.
+        indices: (N,) positions of the images in their source (``source.name(i)`` says which file);
+            unreadable images are skipped, so they need not be 0..N-1.
     """
 
     features: dict[str, Tensor]
     labels: Tensor
+    indices: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def auto_grid(channels: int, spatial: int, target_dim: int = 9216) -> int:
+    """The pooling grid that leaves about ``target_dim`` features of a (channels, spatial, spatial) map.
+
+    Goyal et al. (2019) pool each ResNet-50 stage to about 9k dimensions (conv1 64x12x12, res2 256x6x6,
+    res3 512x4x4, res4 1024x3x3, res5 2048x2x2): the grid is ``round(sqrt(target_dim / channels))``,
+    and never finer than the map itself, which scales the rule to other encoders and image sizes.
+    """
+    return max(1, min(spatial, round(math.sqrt(target_dim / channels))))
+
+
+def probe_grids(
+    encoder: Encoder, image_size: int, layers: Sequence[str], pool_grid: int | str, target_dim: int = 9216
+) -> dict[str, int]:
+    """Pooling grid per layer: ``pool_grid`` for every map, or ``auto`` for :func:`auto_grid`'s rule.
+
+    Token and vector features are not pooled spatially; their grid is reported as 1.
+    """
+    if pool_grid != "auto":
+        return dict.fromkeys(layers, int(pool_grid))
+    shapes = feature_shapes(encoder, image_size, layers)
+    return {
+        layer: auto_grid(shape[0], shape[1], target_dim) if len(shape) == 3 else 1
+        for layer, shape in shapes.items()
+    }
 
 
 def pool_feature(
@@ -80,6 +111,7 @@ def extract_features(
     token_pool: str = "cls",
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
+    dtype: torch.dtype = torch.float16,
 ) -> FeatureSet:
     """Pooled features of every image of a labeled split, with the encoder frozen in eval mode.
 
@@ -92,12 +124,14 @@ def extract_features(
         token_pool: ``cls`` or ``mean`` for token features.
         device: where the encoder runs.
         batch_size: images per forward pass (default: the datamodule's).
+        dtype: storage type of the returned features.
     """
     device = torch.device(device)
     was_training = encoder.training
     encoder.eval().to(device)
     per_layer: dict[str, list[Tensor]] = {name: [] for name in layers}
     labels: list[Tensor] = []
+    indices: list[Tensor] = []
     prefix = getattr(encoder, "num_prefix_tokens", 1)
     try:
         for batch in datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size):
@@ -107,13 +141,16 @@ def extract_features(
             maps = encoder.forward_features(batch["image"], layers)
             for name in layers:
                 grid = grids if isinstance(grids, int) else grids[name]
-                per_layer[name].append(pool_feature(maps[name], grid, token_pool, prefix).float().cpu())
+                per_layer[name].append(pool_feature(maps[name], grid, token_pool, prefix).to(dtype).cpu())
             labels.append(batch["label"].cpu())
+            indices.append(batch["index"].cpu())
     finally:
         encoder.train(was_training)
     if not labels:
         raise RuntimeError(f"no readable images in the '{split}' split")
-    return FeatureSet({name: torch.cat(chunks) for name, chunks in per_layer.items()}, torch.cat(labels))
+    return FeatureSet(
+        {name: torch.cat(chunks) for name, chunks in per_layer.items()}, torch.cat(labels), torch.cat(indices)
+    )
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -139,8 +176,8 @@ class FeatureCache:
         if path is None or not path.is_file():
             return None
         tensors = load_file(str(path))
-        labels = tensors.pop("__labels__")
-        return FeatureSet({name.removeprefix("layer/"): t for name, t in tensors.items()}, labels)
+        labels, indices = tensors.pop("__labels__"), tensors.pop("__indices__", None)
+        return FeatureSet({name.removeprefix("layer/"): t for name, t in tensors.items()}, labels, indices)
 
     def store(self, key: str, features: FeatureSet, description: Mapping[str, Any]) -> None:
         path = self.path(key)
@@ -149,6 +186,8 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer/{name}": t.contiguous() for name, t in features.features.items()}
         tensors["__labels__"] = features.labels.contiguous()
+        if features.indices is not None:
+            tensors["__indices__"] = features.indices.contiguous()
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file(tensors, str(tmp), metadata={"description": json.dumps(description, default=str)})
         os.replace(tmp, path)
@@ -185,6 +224,7 @@ def cached_features(
         "layers": list(layers),
         "grids": grids if isinstance(grids, int) else dict(grids),
         "token_pool": token_pool,
+        "dtype": "float16",
     }
     key = cache_key(description)
     hit = cache.load(key)

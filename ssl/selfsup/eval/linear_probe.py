@@ -1,18 +1,21 @@
-"""Linear probe on frozen features: BatchNorm without affine parameters, then a linear classifier.
+"""Linear probes on frozen features: BatchNorm without affine parameters, then a linear classifier.
 
 The BatchNorm (MAE's and Goyal et al.'s probing protocol) standardizes each feature with batch
 statistics while training and with running statistics at test time; it has no parameters of its own,
-so the probe stays linear. Training runs on features held in memory (see ``fit_linear_probe``).
+so each probe stays linear. Several layers are probed at once, one head per layer, all trained
+together in one pass over the data (the multi-layer protocol of Goyal et al. 2019 / VISSL).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from selfsup.eval.features import FeatureSet
 
 
 class LinearProbe(nn.Module):
@@ -29,30 +32,50 @@ class LinearProbe(nn.Module):
         return self.linear(self.norm(features))
 
 
-@dataclass
-class ProbeResult:
-    """Top-1 accuracy in percent on the train and test features."""
+class MultiLayerProbe(nn.Module):
+    """One :class:`LinearProbe` per layer.
 
-    train_top1: float
-    test_top1: float
+    Args:
+        dims: layer name -> feature dimension.
+        num_classes: output classes.
+    """
+
+    def __init__(self, dims: Mapping[str, int], num_classes: int) -> None:
+        super().__init__()
+        # ModuleDict keys cannot contain dots; layer names never do.
+        self.heads = nn.ModuleDict({layer: LinearProbe(dim, num_classes) for layer, dim in dims.items()})
+
+    def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """layer -> (B, D) features to layer -> (B, num_classes) logits."""
+        return {layer: head(features[layer].float()) for layer, head in self.heads.items()}
+
+    def loss(self, features: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        """Sum of the heads' cross-entropies: the heads share no parameter, so each learns alone."""
+        return sum((F.cross_entropy(logits, labels) for logits in self(features).values()), torch.zeros(()))
 
 
 @torch.no_grad()
-def top1(model: nn.Module, features: Tensor, labels: Tensor, batch_size: int = 4096) -> float:
-    """Percentage of ``features`` (N, D) whose arg-max logit equals ``labels`` (N,)."""
-    model.eval()
-    correct = sum(
-        (model(features[i : i + batch_size]).argmax(dim=1) == labels[i : i + batch_size]).sum().item()
-        for i in range(0, len(features), batch_size)
-    )
-    return 100.0 * correct / max(1, len(features))
+def top1_per_layer(
+    probe: MultiLayerProbe, data: FeatureSet, batch_size: int = 4096, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Percentage of ``data`` whose arg-max logit equals its label, per layer."""
+    probe.eval()
+    correct = dict.fromkeys(probe.heads, 0)
+    for start in range(0, len(data), batch_size):
+        batch = {
+            layer: t[start : start + batch_size].to(device)
+            for layer, t in data.features.items()
+            if layer in probe.heads
+        }
+        labels = data.labels[start : start + batch_size].to(device)
+        for layer, logits in probe(batch).items():
+            correct[layer] += int((logits.argmax(dim=1) == labels).sum())
+    return {layer: 100.0 * n / max(1, len(data)) for layer, n in correct.items()}
 
 
-def fit_linear_probe(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
+def fit_linear_probes(
+    train: FeatureSet,
+    test: FeatureSet,
     num_classes: int,
     epochs: int = 30,
     batch_size: int = 256,
@@ -60,47 +83,48 @@ def fit_linear_probe(
     weight_decay: float = 5e-4,
     seed: int = 0,
     device: torch.device | str = "cpu",
-) -> ProbeResult:
-    """Train a :class:`LinearProbe` with AdamW and a cosine schedule, then measure top-1 accuracy.
+) -> dict[str, float]:
+    """Train one probe per layer of ``train`` with AdamW and a cosine schedule; test top-1 per layer.
 
     The features are already in memory, so this is a plain loop over index batches: a Lightning
-    Trainer would add more per-step overhead than the linear layer itself costs.
+    Trainer would add more per-step overhead than the linear layers themselves cost.
 
     Args:
-        train_features: (N, D) float features.
-        train_labels: (N,) class indices.
-        test_features: (M, D).
-        test_labels: (M,).
+        train: features (layer -> (N, D_layer), any float dtype) and labels (N,).
+        test: the same layers for the test images.
         num_classes: output classes.
         epochs: passes over the training features.
         batch_size: features per step.
         lr: peak learning rate (cosine decay to zero over all steps).
-        weight_decay: AdamW's decoupled weight decay on the linear layer.
+        weight_decay: AdamW's decoupled weight decay (the BatchNorm has no parameters to decay).
         seed: initialization and batch order.
         device: where to train.
+
+    Returns:
+        layer -> test top-1 accuracy in percent.
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = LinearProbe(train_features.shape[1], num_classes).to(device)
-    x, y = train_features.to(device), train_labels.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, len(x) // batch_size)
+    probe = MultiLayerProbe({layer: t.shape[1] for layer, t in train.features.items()}, num_classes).to(
+        device
+    )
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, len(train) // batch_size)  # full batches only (BatchNorm needs 2+ samples)
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
     )
-    model.train()
+    features = {layer: t.to(device) for layer, t in train.features.items()}
+    labels = train.labels.to(device)
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
+        probe.train()
+        order = torch.randperm(len(train), generator=generator).to(device)
         for i in range(steps_per_epoch):
             idx = order[i * batch_size : (i + 1) * batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = probe.loss({layer: t[idx] for layer, t in features.items()}, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-    return ProbeResult(
-        train_top1=top1(model, x, y),
-        test_top1=top1(model, test_features.to(device), test_labels.to(device)),
-    )
+    return top1_per_layer(probe, test, device=device)

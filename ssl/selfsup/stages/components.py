@@ -39,17 +39,22 @@ def build_encoder(cfg: DictConfig, check_image_size: bool = True) -> Encoder:
     return encoder
 
 
-def build_datamodule(cfg: DictConfig, splits: Sequence[str]) -> ImageDataModule:
-    """``cfg.data`` with the given splits opened (folders scanned, archives indexed) and checked."""
-    check_data(cfg)
-    datamodule = build("data", cfg.data)
+def build_datamodule(cfg: DictConfig, splits: Sequence[str], key: str = "data") -> ImageDataModule:
+    """``cfg[key]`` with the given splits opened (folders scanned, archives indexed) and checked.
+
+    ``key`` is ``data`` for the pretraining data, or ``downstream`` for another labeled set to evaluate on.
+    """
+    check_data(cfg, key)
+    datamodule = build(key, cfg[key])
     for split in splits:
         if not datamodule.has(split):
-            raise ConfigError(f"data.{split}", f"this stage needs '{split}' images, but data.{split} is null")
+            raise ConfigError(
+                f"{key}.{split}", f"this stage needs '{split}' images, but {key}.{split} is null"
+            )
         try:
             datamodule.source(split)
         except DataError as e:
-            raise ConfigError(f"data.{split}", str(e)) from None
+            raise ConfigError(f"{key}.{split}", str(e)) from None
     return datamodule
 
 

@@ -1,8 +1,9 @@
-"""The main job: pretrain, then linear-probe the pretrained encoder against its random initialization.
+"""The main job: pretrain, then evaluate the pretrained encoder against its random initialization.
 
 The comparison is the point: a pretext task earns its compute only if its encoder beats the same
 network at the same random starting weights by more than the probe's own noise (the spread over
-probe seeds), on the same images, features and probe.
+probe seeds), on the same images, features and probes. Evaluation is whatever ``cfg.eval`` holds:
+linear probes (one or many layers), kNN, fine-tuning; the run ends with metrics.json and report.md.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from selfsup.eval.embeddings import project_2d, subsample
+from selfsup.reports import plots
+from selfsup.reports.report import FIGURES_DIR, write_report
 from selfsup.stages.components import build_datamodule
 from selfsup.stages.pretrain import ENCODER_DIR, INIT_ENCODER_DIR, pretrain
-from selfsup.stages.probe import check_probe_config, probe_encoders
+from selfsup.stages.probe import check_eval_config, evaluate_frozen
 from selfsup.stages.run_dir import update_metrics
 
 log = logging.getLogger(__name__)
@@ -28,7 +33,7 @@ def compare(probe_results: dict[str, Any]) -> dict[str, Any]:
     """Per layer: gain of the pretrained encoder over the random one, and whether it exceeds the noise.
 
     The noise is the larger of the two per-seed standard deviations; a gain counts as clear when it
-    exceeds twice that (and the two seed ranges do not overlap).
+    exceeds twice that and the two seed ranges do not overlap.
     """
     out = {}
     for layer in probe_results["layers"]:
@@ -43,37 +48,109 @@ def compare(probe_results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def print_summary(
-    results: dict[str, Any], comparison: dict[str, Any], run_dir: Path, seconds: float, console: Console
-) -> None:
-    table = Table(title="Linear probe, top-1 % on the test split (mean ± std over probe seeds)")
-    for column in ("layer", "pretrained", "random init", "gain"):
-        table.add_column(column, justify="right")
-    for layer in results["layers"]:
-        pre, rnd, cmp = results["pretrained"][layer], results["random_init"][layer], comparison[layer]
-        table.add_row(
-            layer,
-            f"{pre['top1_mean']:.2f} ± {pre['top1_std']:.2f}",
-            f"{rnd['top1_mean']:.2f} ± {rnd['top1_std']:.2f}",
-            f"{cmp['gain']:+.2f}" + ("" if cmp["clear"] else " (within noise)"),
+def print_summary(results: dict[str, Any], run_dir: Path, seconds: float, console: Console) -> None:
+    """The comparison as tables: probe accuracy per layer, kNN, and where the run is."""
+    if "linear_probe" in results:
+        probes = results["linear_probe"]
+        table = Table(title="Linear probe, top-1 % on the test split (mean ± std over probe seeds)")
+        for column in ("layer", "pretrained", "random init", "gain"):
+            table.add_column(column, justify="right")
+        for layer in probes["layers"]:
+            pre, rnd, cmp = (
+                probes["pretrained"][layer],
+                probes["random_init"][layer],
+                probes["comparison"][layer],
+            )
+            table.add_row(
+                layer,
+                f"{pre['top1_mean']:.2f} ± {pre['top1_std']:.2f}",
+                f"{rnd['top1_mean']:.2f} ± {rnd['top1_std']:.2f}",
+                f"{cmp['gain']:+.2f}" + ("" if cmp["clear"] else " (within noise)"),
+            )
+        console.print(table)
+    if "knn" in results:
+        knn = results["knn"]
+        table = Table(
+            title=f"kNN on {knn.get('layer', 'pooled')} features, top-1 % (T = {knn['temperature']})"
         )
-    console.print(table)
+        for column in ("k", "pretrained", "random init", "gain"):
+            table.add_column(column, justify="right")
+        for k in knn["ks"]:
+            pre, rnd = knn["pretrained"][f"top1_k{k}"], knn["random_init"][f"top1_k{k}"]
+            table.add_row(str(k), f"{pre:.2f}", f"{rnd:.2f}", f"{pre - rnd:+.2f}")
+        console.print(table)
     console.print(f"total time {seconds / 60:.1f} min; run directory: {run_dir.resolve()}")
 
 
+def downstream_key(cfg: DictConfig) -> str:
+    """``downstream`` when a separate evaluation dataset is configured (transfer), else ``data``."""
+    return "downstream" if cfg.get("downstream") is not None else "data"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Pretrain, probe both encoders, write metrics.json, print the comparison; returns all metrics."""
+    """Pretrain, evaluate both encoders, write metrics.json and report.md, print the comparison.
+
+    Evaluation runs on ``cfg.downstream`` when set (pretrain on one dataset, evaluate on another, with
+    its own classes and image size: ``+data@downstream=cifar10``), else on ``cfg.data``'s labeled splits.
+    Each ``cfg.eval`` section that is present runs: ``linear_probe``, ``knn``, ``finetune``.
+    """
     started = time.perf_counter()
     run_dir = Path(cfg.paths.run_dir)
-    check_probe_config(cfg)
-    build_datamodule(cfg, ["train", "test"])  # fail now, not after pretraining, if probe data is missing
+    check_eval_config(cfg)
+    key = downstream_key(cfg)
+    build_datamodule(
+        cfg, ["train", "test"], key
+    )  # fail now, not after pretraining, if labeled data is missing
     metrics: dict[str, Any] = {"pretrain": pretrain(cfg)}
-    datamodule = build_datamodule(cfg, ["train", "test"])
+    datamodule = build_datamodule(cfg, ["train", "test"], key)
     encoders = {"pretrained": run_dir / ENCODER_DIR, "random_init": run_dir / INIT_ENCODER_DIR}
-    metrics["linear_probe"] = probe_encoders(encoders, datamodule, cfg.eval.linear_probe, cfg.paths.cache_dir)
-    metrics["linear_probe"]["comparison"] = compare(metrics["linear_probe"])
+    results, features = evaluate_frozen(encoders, datamodule, cfg.eval, cfg.paths.cache_dir)
+    if "linear_probe" in results:
+        results["linear_probe"]["comparison"] = compare(results["linear_probe"])
+    for section in ("linear_probe", "knn"):
+        if section in results:
+            metrics[section] = results[section]
+            update_metrics(run_dir, section, results[section])
+    update_metrics(run_dir, "eval_timing", results["timing"])
+    if cfg.eval.get("finetune") is not None:
+        from selfsup.stages.finetune import finetune_encoders
+
+        metrics["finetune"] = finetune_encoders(encoders, datamodule, cfg.eval.finetune, run_dir)
+        update_metrics(run_dir, "finetune", metrics["finetune"])
     seconds = time.perf_counter() - started
-    update_metrics(run_dir, "linear_probe", metrics["linear_probe"])
-    update_metrics(run_dir, "total_time_s", round(seconds, 1))
-    print_summary(metrics["linear_probe"], metrics["linear_probe"]["comparison"], run_dir, seconds, Console())
+    metrics["total_time_s"] = round(seconds, 1)
+    update_metrics(run_dir, "total_time_s", metrics["total_time_s"])
+    write_run_report(cfg, run_dir, metrics, features)
+    print_summary(metrics, run_dir, seconds, Console())
     return metrics
+
+
+def write_run_report(
+    cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], features: dict[str, Any]
+) -> Path:
+    """Figures (probe accuracy per layer, training curves, a 2-D map of the embeddings) and report.md."""
+    folder = run_dir / FIGURES_DIR
+    figures: dict[str, Path | None] = {}
+    if "linear_probe" in metrics:
+        figures["linear probe per layer"] = plots.probe_layers(
+            metrics["linear_probe"], folder / "probe_layers.png"
+        )
+    figures["pretraining curves"] = plots.training_curves(run_dir, folder / "training_curves.png")
+    report_cfg = cfg.get("report") or {}
+    method, layer = report_cfg.get("embedding"), (cfg.eval.get("knn") or {}).get("layer", "pooled")
+    if method and "pretrained" in features and layer in features["pretrained"][1].features:
+        test = features["pretrained"][1]
+        keep = subsample(len(test), int(report_cfg.get("max_points", 1000)), int(cfg.seed))
+        points = project_2d(test.features[layer].float().numpy()[keep], method, int(cfg.seed))
+        title = f"{method} of the pretrained encoder's {layer} features ({len(keep)} test images)"
+        classes = build_datamodule(cfg, ["test"], downstream_key(cfg)).source("test").classes
+        figures[f"embeddings ({method})"] = plots.embedding(
+            points, test.labels.numpy()[keep], classes, folder / f"embedding_{method}.png", title
+        )
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    title = (
+        "Run report: " + " / ".join(str(choices.get(g, "?")) for g in ("task", "encoder", "data"))
+        if choices
+        else "Run report"
+    )
+    return write_report(run_dir, metrics, figures, title)

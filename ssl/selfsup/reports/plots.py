@@ -1,0 +1,146 @@
+"""Figures of a run: probe accuracy per layer, training curves, embeddings, sweep comparisons.
+
+Every function writes one PNG and returns its path; matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def probe_layers(
+    probe: Mapping[str, Any], path: Path, encoders: Sequence[str] = ("pretrained", "random_init")
+) -> Path:
+    """Grouped bars: linear-probe top-1 per layer for each encoder, with the seed spread as error bars."""
+    layers = list(probe["layers"])
+    present = [e for e in encoders if e in probe]
+    width = 0.8 / max(1, len(present))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(layers), 3.6))
+    x = np.arange(len(layers))
+    for i, encoder in enumerate(present):
+        means = [probe[encoder][layer]["top1_mean"] for layer in layers]
+        stds = [probe[encoder][layer]["top1_std"] for layer in layers]
+        ax.bar(
+            x + (i - (len(present) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            label=encoder.replace("_", " "),
+        )
+    ax.set_xticks(x, layers)
+    ax.set_ylabel("top-1 % (test)")
+    ax.set_title("Linear probe per layer")
+    ax.legend(loc="lower right")
+    low = min(probe[e][layer]["top1_mean"] for e in present for layer in layers)
+    ax.set_ylim(max(0.0, low - 10), None)
+    return _save(fig, path)
+
+
+def read_csv_logs(run_dir: Path) -> list[dict[str, float]]:
+    """Rows of every ``logs/version_*/metrics.csv`` of a run (resumed attempts included), by step."""
+    rows: list[dict[str, float]] = []
+    for file in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+        with open(file, newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return sorted(rows, key=lambda r: r.get("step", 0.0))
+
+
+def training_curves(run_dir: Path, path: Path, keys: Sequence[str] | None = None) -> Path | None:
+    """Pretext loss and metrics against the optimizer step, from the run's CSV logs (None without logs)."""
+    rows = read_csv_logs(run_dir)
+    keys = list(keys or sorted({k for r in rows for k in r if k.startswith("train/")}))
+    if not rows or not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        points = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values)
+        ax.set_title(key.removeprefix("train/"))
+        ax.set_xlabel("step")
+    return _save(fig, path)
+
+
+def embedding(
+    points: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None, path: Path, title: str
+) -> Path:
+    """A 2-D scatter of embedded points (t-SNE or UMAP output) coloured by class.
+
+    Args:
+        points: (N, 2) coordinates.
+        labels: (N,) class indices.
+        classes: class names, indexed by label.
+        path: the PNG to write.
+        title: figure title.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    cmap = plt.get_cmap("tab10" if labels.max(initial=0) < 10 else "tab20")
+    for label in np.unique(labels):
+        mask = labels == label
+        name = classes[label] if classes is not None and 0 <= label < len(classes) else str(label)
+        ax.scatter(points[mask, 0], points[mask, 1], s=4, color=cmap(int(label) % cmap.N), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    if len(np.unique(labels)) <= 20:
+        ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+    return _save(fig, path)
+
+
+def comparison(
+    table: Sequence[Mapping[str, Any]], metric: str, label_keys: Sequence[str], path: Path
+) -> Path:
+    """Horizontal bars of one metric over the runs of a sweep, labelled by what differs between them."""
+    rows = [r for r in table if isinstance(r.get(metric), (int, float))]
+    labels = [" ".join(str(r.get(k, "")) for k in label_keys) or str(i) for i, r in enumerate(rows)]
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.35 * len(rows)))
+    ax.barh(np.arange(len(rows)), [r[metric] for r in rows])
+    ax.set_yticks(np.arange(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    return _save(fig, path)
+
+
+def lines(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+) -> Path:
+    """One line per series of (x, y) points, e.g. fine-tune accuracy against the label fraction."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for name, points in series.items():
+        xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
+        ax.plot(xs, ys, marker="o", label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

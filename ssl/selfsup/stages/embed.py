@@ -1,0 +1,77 @@
+"""``selfsup-embed``: features of a dataset written to one file, and a 2-D map of them coloured by class."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from selfsup.config import check_complete, require_choice, require_positive_int, select
+from selfsup.encoders import export
+from selfsup.errors import ConfigError
+from selfsup.eval.embeddings import PROJECTIONS, project_2d, save_embeddings, subsample
+from selfsup.eval.features import extract_features, probe_grids
+from selfsup.reports import plots
+from selfsup.stages.components import build_datamodule, resolve_device, setup_runtime
+from selfsup.stages.run_dir import update_metrics
+
+log = logging.getLogger(__name__)
+
+
+def embed(cfg: DictConfig) -> dict[str, Any]:
+    """Write ``<run dir>/embeddings.npz`` for ``cfg.split`` of ``cfg.data`` and, unless
+    ``cfg.projection.method`` is null, ``embedding_<method>.png``."""
+    check_complete(cfg)
+    split = require_choice(cfg, "split", ("pretrain", "train", "test"))
+    method = select(cfg, "projection.method")
+    if method is not None and method not in PROJECTIONS:
+        raise ConfigError("projection.method", f"must be one of {list(PROJECTIONS)} or null, got {method!r}")
+    require_positive_int(cfg, "projection.max_points")
+    path = Path(select(cfg, "encoder_path"))
+    if not (path / export.CONFIG_FILE).is_file():
+        raise ConfigError(
+            "encoder_path", f"no exported encoder at {path} (expected {export.CONFIG_FILE} there)"
+        )
+    setup_runtime(cfg)
+    datamodule = build_datamodule(cfg, [split])
+    encoder = export.load(path)
+    layer = str(cfg.layer)
+    try:
+        encoder.check_layers([layer])
+    except ValueError as e:
+        raise ConfigError("layer", str(e)) from None
+    grids = probe_grids(encoder, datamodule.image_size, [layer], cfg.pool_grid)
+    features = extract_features(
+        encoder, datamodule, split, [layer], grids, cfg.token_pool, resolve_device(cfg.device)
+    )
+    source = datamodule.source(split)
+    assert features.indices is not None
+    names = [source.name(int(i)) for i in features.indices]
+    run_dir = Path(cfg.paths.run_dir)
+    out = save_embeddings(
+        run_dir / "embeddings.npz", features.features[layer], features.labels, names, source.classes
+    )
+    results: dict[str, Any] = {
+        "file": str(out),
+        "images": len(features),
+        "dim": int(features.features[layer].shape[1]),
+        "layer": layer,
+    }
+    if method is not None:
+        keep = subsample(len(features), int(cfg.projection.max_points), int(cfg.seed))
+        points = project_2d(
+            features.features[layer].float().numpy()[keep],
+            method,
+            int(cfg.seed),
+            float(cfg.projection.perplexity),
+        )
+        title = f"{method} of {layer} features ({len(keep)} {split} images)"
+        figure = plots.embedding(
+            points, features.labels.numpy()[keep], source.classes, run_dir / f"embedding_{method}.png", title
+        )
+        results["figure"] = str(figure)
+    update_metrics(run_dir, "embeddings", results)
+    log.info("embeddings of %d images written to %s", len(features), out)
+    return results

@@ -1,0 +1,45 @@
+"""Probes on augmented images: the encoder stays frozen (weights and BatchNorm statistics)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+
+from selfsup.data.datamodule import ImageDataModule
+from selfsup.data.synthetic import synthetic
+from selfsup.encoders import ResNetEncoder
+from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
+
+
+def test_encoder_is_bit_identical_after_probing() -> None:
+    dm = ImageDataModule(
+        train=partial(synthetic, 32, 16, seed=1),
+        test=partial(synthetic, 16, 16, seed=2),
+        image_size=16,
+        batch_size=8,
+    )
+    encoder = ResNetEncoder(18, cifar_stem=True)
+    layers, grids = ["stage2", "pooled"], {"stage2": 2, "pooled": 1}
+    dims = dims_of(encoder, 16, layers, grids, "cls")
+    assert dims == {"stage2": 128 * 4, "pooled": 512}
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model = AugmentedProbe(encoder, dims, grids, num_classes=4, prepare_batch=dm.prepare_batch)
+    probe_before = [p.clone() for p in model.probe.parameters()]
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, train_dataloaders=dm.labeled_dataloader("train", augment=True))
+    scores = trainer.test(model, dataloaders=dm.labeled_dataloader("test"), verbose=False)[0]
+    assert set(scores) == {"top1/stage2", "top1/pooled"} and all(0 <= v <= 100 for v in scores.values())
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed"
+    assert any(not torch.equal(a, b) for a, b in zip(probe_before, model.probe.parameters(), strict=True)), (
+        "the probe learned"
+    )
