@@ -37,20 +37,21 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def compose_in(folder: Path, overrides: Sequence[str] = (), config_name: str = "pretrain") -> DictConfig:
+    """Compose ``config_name`` with overrides; the run directory and caches go under ``folder``."""
+    with initialize_config_module("selfsup.conf", version_base="1.3"):
+        return compose(
+            config_name,
+            overrides=[f"paths.run_dir={folder / 'run'}", f"paths.cache_dir={folder / 'cache'}", *overrides],
+        )
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose ``config_name`` with overrides; run directory and caches go to a temporary folder."""
+    """``compose_in`` a test's temporary folder."""
 
     def make(overrides: Sequence[str] = (), config_name: str = "pretrain") -> DictConfig:
-        with initialize_config_module("selfsup.conf", version_base="1.3"):
-            return compose(
-                config_name,
-                overrides=[
-                    f"paths.run_dir={tmp_path / 'run'}",
-                    f"paths.cache_dir={tmp_path / 'cache'}",
-                    *overrides,
-                ],
-            )
+        return compose_in(tmp_path, overrides, config_name)
 
     return make
 

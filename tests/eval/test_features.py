@@ -68,3 +68,28 @@ def test_cache_reuses_features_and_a_changed_encoder_invalidates_them(
     assert not hit and calls, "different encoder weights must not reuse the features"
     _, hit = cached_features(cache, encoder, "weights-a", dm, "test", ["pooled"])
     assert not hit, "different images must not reuse the features"
+
+
+def test_cache_is_per_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, dm, encoder = FeatureCache(tmp_path), _datamodule(), ResNetEncoder(18, cifar_stem=True)
+    both, _ = cached_features(
+        cache, encoder, "w", dm, "train", ["stage2", "pooled"], {"stage2": 2, "pooled": 1}
+    )
+    requested: list[list[str]] = []
+    original = ResNetEncoder.forward_features
+    monkeypatch.setattr(
+        ResNetEncoder,
+        "forward_features",
+        lambda self, x, layers: requested.append(list(layers)) or original(self, x, layers),
+    )
+    subset, hit = cached_features(cache, encoder, "w", dm, "train", ["pooled"], {"pooled": 1})
+    assert hit and not requested, "a subset of cached layers is read back"
+    assert torch.equal(subset.features["pooled"], both.features["pooled"])
+    mixed, hit = cached_features(
+        cache, encoder, "w", dm, "train", ["stage1", "pooled"], {"stage1": 4, "pooled": 1}
+    )
+    assert not hit and {tuple(r) for r in requested} == {("stage1",)}, "only the missing layer is extracted"
+    assert torch.equal(mixed.features["pooled"], both.features["pooled"]) and mixed.features[
+        "stage1"
+    ].shape == (12, 64 * 16)
+    assert torch.equal(mixed.labels, both.labels)

@@ -13,15 +13,20 @@ import torch
 from selfsup.encoders import load
 from selfsup.stages.pipeline import run
 from selfsup.stages.probe import probe
-from tests.conftest import FAST, FAST_DATA
+from tests.conftest import FAST, FAST_DATA, compose_in
 
 PROBE = ["eval.linear_probe.epochs=2", "eval.linear_probe.seeds=[0,1]", "eval.linear_probe.layers=[pooled]"]
 
 
-def test_pretrain_export_probe(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg([*FAST, *PROBE], config_name="pipeline")
-    metrics = run(cfg)
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One main-job run on generated images, shared by the tests that read what it leaves behind."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    return folder / "run", run(compose_in(folder, [*FAST, *PROBE], config_name="pipeline"))
+
+
+def test_pretrain_export_probe(pipeline_run: tuple[Path, dict]) -> None:
+    run_dir, metrics = pipeline_run
     assert metrics["pretrain"]["steps"] == 2
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved) >= {"pretrain", "linear_probe", "knn", "total_time_s"}
@@ -29,7 +34,8 @@ def test_pretrain_export_probe(make_cfg, tmp_path: Path) -> None:
     for label in ("pretrained", "random_init"):
         assert 0 <= probe_results[label]["pooled"]["top1_mean"] <= 100
         assert len(probe_results[label]["pooled"]["top1"]) == 2
-    assert "gain" in probe_results["comparison"]["pooled"]
+    assert "gain" in probe_results["comparison"]["layers"]["pooled"]
+    assert probe_results["comparison"]["best_layer"] == "pooled"
     assert set(saved["knn"]["pretrained"]) == {"top1_k20", "top1_k200"}
     # The exported encoder differs from its initialization and reloads.
     trained, init = load(run_dir / "encoder"), load(run_dir / "encoder_init")
@@ -45,10 +51,18 @@ def test_pretrain_export_probe(make_cfg, tmp_path: Path) -> None:
         assert (run_dir / "figures" / figure).stat().st_size > 1000, figure
 
 
-def test_probe_stage_reads_exports_and_reuses_cached_features(make_cfg, tmp_path: Path) -> None:
-    run(make_cfg([*FAST, *PROBE], config_name="pipeline"))
-    export = tmp_path / "run" / "encoder"
-    overrides = [*FAST_DATA, *PROBE, f"+encoders.mine={export}", f"paths.run_dir={tmp_path / 'probe'}"]
+def test_probe_stage_reads_exports_and_reuses_cached_features(
+    make_cfg, pipeline_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    export = pipeline_run[0] / "encoder"
+    cache = pipeline_run[0].parent / "cache"
+    overrides = [
+        *FAST_DATA,
+        *PROBE,
+        f"+encoders.mine={export}",
+        f"paths.run_dir={tmp_path / 'probe'}",
+        f"paths.cache_dir={cache}",
+    ]
     results = probe(make_cfg(overrides, config_name="probe"))
     assert set(results["linear_probe"]) >= {"mine", "layers"} and set(results["knn"]) >= {"mine"}
     assert (tmp_path / "probe" / "metrics.json").is_file()
@@ -56,9 +70,8 @@ def test_probe_stage_reads_exports_and_reuses_cached_features(make_cfg, tmp_path
     assert results["timing"]["mine_features_s"] < 1.0
 
 
-def test_multi_layer_and_augmented_probes(make_cfg, tmp_path: Path) -> None:
-    run(make_cfg([*FAST, *PROBE], config_name="pipeline"))
-    export = tmp_path / "run" / "encoder"
+def test_multi_layer_and_augmented_probes(make_cfg, pipeline_run: tuple[Path, dict], tmp_path: Path) -> None:
+    export = pipeline_run[0] / "encoder"
     common = [
         *FAST_DATA,
         f"+encoders.mine={export}",

@@ -159,7 +159,9 @@ def cache_key(parts: Mapping[str, Any]) -> str:
 
 
 class FeatureCache:
-    """Features stored as ``<folder>/<key>.safetensors``, written atomically.
+    """One layer's features per file, ``<folder>/<key>.safetensors``, written atomically.
+
+    A file per layer lets a later probe of any subset of layers reuse what earlier ones extracted.
 
     Args:
         folder: where the files go, or None to disable caching.
@@ -171,23 +173,29 @@ class FeatureCache:
     def path(self, key: str) -> Path | None:
         return self.folder / f"{key}.safetensors" if self.folder is not None else None
 
-    def load(self, key: str) -> FeatureSet | None:
+    def load(self, key: str) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """(features (N, D), labels (N,), indices (N,) or None) stored under ``key``, or None."""
         path = self.path(key)
         if path is None or not path.is_file():
             return None
         tensors = load_file(str(path))
-        labels, indices = tensors.pop("__labels__"), tensors.pop("__indices__", None)
-        return FeatureSet({name.removeprefix("layer/"): t for name, t in tensors.items()}, labels, indices)
+        return tensors["features"], tensors["labels"], tensors.get("indices")
 
-    def store(self, key: str, features: FeatureSet, description: Mapping[str, Any]) -> None:
+    def store(
+        self,
+        key: str,
+        features: Tensor,
+        labels: Tensor,
+        indices: Tensor | None,
+        description: Mapping[str, Any],
+    ) -> None:
         path = self.path(key)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"layer/{name}": t.contiguous() for name, t in features.features.items()}
-        tensors["__labels__"] = features.labels.contiguous()
-        if features.indices is not None:
-            tensors["__indices__"] = features.indices.contiguous()
+        tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+        if indices is not None:
+            tensors["indices"] = indices.contiguous()
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file(tensors, str(tmp), metadata={"description": json.dumps(description, default=str)})
         os.replace(tmp, path)
@@ -204,16 +212,17 @@ def cached_features(
     token_pool: str = "cls",
     device: torch.device | str = "cpu",
 ) -> tuple[FeatureSet, bool]:
-    """Features from the cache when present, else extracted and stored.
+    """Features from the cache where present; the missing layers extracted in one pass and stored.
 
     Args:
-        encoder_id: identifies the encoder's weights (the export's sha256); a changed encoder gets a
-            new key, so stale features are never reused.
+        encoder_id: identifies the encoder's weights (the export's sha256); a changed encoder gets
+            new keys, so stale features are never reused. The images (the source's fingerprint) and
+            the preprocessing are part of every key too.
 
     Returns:
-        The features, and whether they came from the cache.
+        The features, and whether every layer came from the cache.
     """
-    description = {
+    common = {
         "encoder": encoder_id,
         "data": datamodule.source(split).fingerprint(),
         "split": split,
@@ -221,16 +230,34 @@ def cached_features(
         "crop_fraction": datamodule.eval_crop_fraction,
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
-        "layers": list(layers),
-        "grids": grids if isinstance(grids, int) else dict(grids),
         "token_pool": token_pool,
         "dtype": "float16",
     }
-    key = cache_key(description)
-    hit = cache.load(key)
-    if hit is not None:
-        log.info("features for %s/%s read from %s", encoder_id[:12], split, cache.path(key))
-        return hit, True
-    features = extract_features(encoder, datamodule, split, layers, grids, token_pool, device)
-    cache.store(key, features, description)
-    return features, False
+    descriptions = {
+        layer: {**common, "layer": layer, "grid": grids if isinstance(grids, int) else grids[layer]}
+        for layer in layers
+    }
+    found = {layer: cache.load(cache_key(d)) for layer, d in descriptions.items()}
+    missing = [layer for layer, hit in found.items() if hit is None]
+    features: dict[str, Tensor] = {}
+    labels: Tensor | None = None
+    indices: Tensor | None = None
+    if missing:
+        extracted = extract_features(encoder, datamodule, split, missing, grids, token_pool, device)
+        labels, indices = extracted.labels, extracted.indices
+        for layer in missing:
+            features[layer] = extracted.features[layer]
+            cache.store(cache_key(descriptions[layer]), features[layer], labels, indices, descriptions[layer])
+    for layer, hit in found.items():
+        if hit is not None:
+            features[layer], labels, indices = hit
+    assert labels is not None
+    if missing and len(missing) < len(layers):
+        log.info(
+            "features for %s/%s: %s read from the cache, %s extracted",
+            encoder_id[:12],
+            split,
+            sorted(set(layers) - set(missing)),
+            missing,
+        )
+    return FeatureSet({layer: features[layer] for layer in layers}, labels, indices), not missing

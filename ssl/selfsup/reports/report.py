@@ -30,7 +30,7 @@ def _probe_section(probe: Mapping[str, Any]) -> str:
         k for k, v in probe.items() if isinstance(v, dict) and k not in ("comparison",)
     ]
     header = ["layer", "dim", *[f"{e} (mean ± std)" for e in encoders]]
-    comparison = probe.get("comparison", {})
+    comparison = probe.get("comparison", {}).get("layers", {})
     if comparison:
         header.append("gain")
     rows = []
@@ -40,7 +40,7 @@ def _probe_section(probe: Mapping[str, Any]) -> str:
         row += [f"{probe[e][layer]['top1_mean']:.2f} ± {probe[e][layer]['top1_std']:.2f}" for e in encoders]
         if comparison:
             c = comparison[layer]
-            row.append(f"{c['gain']:+.2f}" + ("" if c["clear"] else " (within noise)"))
+            row.append(f"{c['gain']:+.2f}" + ("" if c["verdict"] == "better" else f" ({c['verdict']})"))
         rows.append(row)
     seeds = probe.get("seeds", [])
     return f"Top-1 % on the test split over {len(seeds)} probe seeds {seeds}.\n\n" + markdown_table(

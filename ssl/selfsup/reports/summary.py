@@ -66,7 +66,7 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         for layer in probe["layers"]:
             out[f"probe_{layer}"] = probe[main][layer]["top1_mean"]
             if "comparison" in probe:
-                out[f"gain_{layer}"] = probe["comparison"][layer]["gain"]
+                out[f"gain_{layer}"] = probe["comparison"]["layers"][layer]["gain"]
         best = max(probe["layers"], key=lambda layer: probe[main][layer]["top1_mean"])
         out["probe_best"] = probe[main][best]["top1_mean"]
         out["probe_best_layer"] = best

@@ -32,20 +32,24 @@ log = logging.getLogger(__name__)
 def compare(probe_results: dict[str, Any]) -> dict[str, Any]:
     """Per layer: gain of the pretrained encoder over the random one, and whether it exceeds the noise.
 
-    The noise is the larger of the two per-seed standard deviations; a gain counts as clear when it
-    exceeds twice that and the two seed ranges do not overlap.
+    The noise is the larger of the two per-seed standard deviations; a difference counts as clear when
+    it exceeds twice that and the two seed ranges do not overlap. ``verdict`` is ``better``, ``worse``
+    or ``within noise``.
     """
     out = {}
     for layer in probe_results["layers"]:
         pre, rnd = probe_results["pretrained"][layer], probe_results["random_init"][layer]
         gain = round(pre["top1_mean"] - rnd["top1_mean"], 2)
         noise = max(pre["top1_std"], rnd["top1_std"])
-        out[layer] = {
-            "gain": gain,
-            "noise_std": noise,
-            "clear": gain > 2 * noise and pre["top1_min"] > rnd["top1_max"],
-        }
-    return out
+        if gain > 2 * noise and pre["top1_min"] > rnd["top1_max"]:
+            verdict = "better"
+        elif -gain > 2 * noise and pre["top1_max"] < rnd["top1_min"]:
+            verdict = "worse"
+        else:
+            verdict = "within noise"
+        out[layer] = {"gain": gain, "noise_std": noise, "verdict": verdict}
+    best = max(probe_results["layers"], key=lambda layer: probe_results["pretrained"][layer]["top1_mean"])
+    return {"layers": out, "best_layer": best, "best_gain": out[best]["gain"]}
 
 
 def print_summary(results: dict[str, Any], run_dir: Path, seconds: float, console: Console) -> None:
@@ -56,18 +60,22 @@ def print_summary(results: dict[str, Any], run_dir: Path, seconds: float, consol
         for column in ("layer", "pretrained", "random init", "gain"):
             table.add_column(column, justify="right")
         for layer in probes["layers"]:
-            pre, rnd, cmp = (
-                probes["pretrained"][layer],
-                probes["random_init"][layer],
-                probes["comparison"][layer],
-            )
+            pre, rnd = probes["pretrained"][layer], probes["random_init"][layer]
+            cmp = probes["comparison"]["layers"][layer]
             table.add_row(
                 layer,
                 f"{pre['top1_mean']:.2f} ± {pre['top1_std']:.2f}",
                 f"{rnd['top1_mean']:.2f} ± {rnd['top1_std']:.2f}",
-                f"{cmp['gain']:+.2f}" + ("" if cmp["clear"] else " (within noise)"),
+                f"{cmp['gain']:+.2f}" + ("" if cmp["verdict"] == "better" else f" ({cmp['verdict']})"),
             )
         console.print(table)
+        best = probes["comparison"]["best_layer"]
+        pre, rnd = probes["pretrained"][best], probes["random_init"][best]
+        console.print(
+            f"best layer {best}: pretrained {pre['top1_mean']:.2f} % vs random init {rnd['top1_mean']:.2f} % "
+            f"-> gain {pre['top1_mean'] - rnd['top1_mean']:+.2f} points "
+            f"(probe noise ± {max(pre['top1_std'], rnd['top1_std']):.2f})"
+        )
     if "knn" in results:
         knn = results["knn"]
         table = Table(

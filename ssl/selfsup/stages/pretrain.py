@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from selfsup.encoders import export
 from selfsup.errors import ConfigError
 from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
 from selfsup.stages.run_dir import update_metrics
+from selfsup.training.callbacks import Throughput
 from selfsup.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,19 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         task.to(memory_format=torch.channels_last)
     if cfg.get("compile"):
         task.encoder.compile()
+    throughput = Throughput()
     trainer = build_trainer(cfg)
+    trainer.callbacks.append(throughput)  # type: ignore[attr-defined]
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
-    seconds = time.perf_counter() - started
-    images = trainer.global_step * datamodule.batch_size * trainer.world_size
+    images = throughput.steps * datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     results: dict[str, Any] = {
         "task": cfg.task._target_,
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
-        "time_s": round(seconds, 1),
-        "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
+        "time_s": round(throughput.seconds, 1),  # this attempt's training loop
+        "images_per_s": round(images / throughput.seconds, 1) if throughput.seconds > 0 else None,
         "lr": task.lr,
         "effective_batch": task.effective_batch(),
         "bad_images": len(datamodule.bad_images),

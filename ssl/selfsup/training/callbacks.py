@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -45,3 +46,24 @@ class RNGStateCheckpoint(pl.Callback):
                 kind, keys, pos, has_gauss, cached = states["numpy"]
                 states["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
             _set_rng_states(states)
+
+
+class Throughput(pl.Callback):
+    """Optimizer steps and seconds of this attempt's training loop (a resumed run counts only its own).
+
+    Attributes:
+        steps: optimizer steps taken between the start and the end of ``fit``.
+        seconds: wall-clock seconds between them (setup and teardown excluded).
+    """
+
+    def __init__(self) -> None:
+        self.steps, self.seconds = 0, 0.0
+        self._start: tuple[int, float] | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = (trainer.global_step, time.perf_counter())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            self.steps = trainer.global_step - self._start[0]
+            self.seconds = time.perf_counter() - self._start[1]
