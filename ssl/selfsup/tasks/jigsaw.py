@@ -1,0 +1,433 @@
+"""Jigsaw puzzles: predict how the tiles of an image were shuffled (Noroozi & Favaro, ECCV 2016).
+
+Protocol, with the paper's values as defaults (Sec. 3, Fig. 3):
+
+- a random ``grid_size * cell_size`` window of the image (225 px), cut into a 3 x 3 grid of 75 px
+  cells, and from each cell one ``tile_size`` tile (64 px) at a random offset: the gaps between tiles
+  keep the network from solving puzzles by continuing edges and textures across tile borders;
+- the 9 tiles shuffled by a permutation drawn from a fixed set of ``num_permutations`` (1000), chosen
+  greedily from all 9! for maximal average Hamming distance (``permutation_selection: max_avg``, the
+  paper's Algorithm 1; see :mod:`selfsup.tasks.permutations`); the label is the permutation's index;
+- against shortcuts (Sec. 3.3): every tile normalized by its own per-channel mean and std (no
+  low-level statistics shared between neighbours), each colour channel of each tile shifted by up
+  to ``channel_jitter`` px (2; chromatic aberration tells where a tile sat relative to the lens
+  centre) and ``grayscale_fraction`` (30 %) of the images turned to grayscale;
+- a context-free network (CFN): the shared encoder embeds every tile on its own (all 9B tiles as one
+  batch), a per-tile projection (the paper's fc6, 1024 units) is concatenated in tile order and an
+  MLP (fc7, 4096 units) predicts the permutation index (fc8). The exported encoder is the tile
+  encoder; it takes whole images downstream.
+
+Small images scale the geometry: with ``cell_size`` and ``tile_size`` unset the grid fills the image
+(cell = image_size // grid_size) and a tile keeps the paper's 64/75 of its cell (96 px images: 32 px
+cells, 27 px tiles). The encoder must accept tiles of that size; :meth:`Jigsaw.check_input` says so
+before training when it does not.
+
+Data workers deliver the base-augmented crop only. Cutting, jitter, grayscale, normalization and
+shuffling happen here, on the device, for the whole batch at once: one indexing of a (copy-free)
+unfold view of the batch picks every channel of every tile of every puzzle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.encoders.base import Encoder
+from selfsup.reports.puzzles import save_puzzle_grid
+from selfsup.tasks.base import PretextTask, StepOutput
+from selfsup.tasks.heads import mlp
+from selfsup.tasks.permutations import SELECTIONS, permutation_set
+
+log = logging.getLogger(__name__)
+
+PAPER_TILE, PAPER_CELL = 64, 75  # a tile keeps this fraction of its cell when sizes scale
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as in torchvision's rgb_to_grayscale
+PUZZLE_IMAGE = "puzzles.png"
+
+
+@dataclass(frozen=True)
+class PuzzleGeometry:
+    """Where tiles come from: a ``grid_size`` x ``grid_size`` grid of ``cell_size`` px cells, one
+    ``tile_size`` px tile per cell.
+
+    Example:
+        >>> PuzzleGeometry.fit(96)  # grid filling a 96 px image, tiles at the paper's 64/75 of a cell
+        PuzzleGeometry(grid_size=3, cell_size=32, tile_size=27)
+    """
+
+    grid_size: int = 3
+    cell_size: int = 75
+    tile_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.grid_size < 2:
+            raise ValueError(f"grid_size must be at least 2, got {self.grid_size}")
+        if not 1 <= self.tile_size <= self.cell_size:
+            raise ValueError(
+                f"tile_size must be between 1 and cell_size ({self.cell_size}), got {self.tile_size}"
+            )
+
+    @classmethod
+    def fit(
+        cls, image_size: int, grid_size: int = 3, cell_size: int | None = None, tile_size: int | None = None
+    ) -> PuzzleGeometry:
+        """The geometry for ``image_size`` px images; unset sizes scale the paper's (see module doc)."""
+        cell = cell_size if cell_size is not None else image_size // grid_size
+        tile = tile_size if tile_size is not None else cell * PAPER_TILE // PAPER_CELL
+        return cls(grid_size, cell, tile)
+
+    @property
+    def num_tiles(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def window_size(self) -> int:
+        """Side of the square the grid covers (the paper's 225 px crop)."""
+        return self.grid_size * self.cell_size
+
+    def cell_origins(self, device: torch.device | None = None) -> Tensor:
+        """(T, 2) long: top-left (row, col) of each cell inside the window, cells in row-major order."""
+        steps = torch.arange(self.grid_size, device=device) * self.cell_size
+        rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+        return torch.stack([rows.flatten(), cols.flatten()], dim=1)
+
+    def check(self, image_size: int) -> None:
+        """Raise ``ValueError`` when the grid does not fit into ``image_size`` px images."""
+        if self.window_size > image_size:
+            raise ValueError(
+                f"the puzzle grid covers {self.grid_size} x {self.cell_size} px = {self.window_size} px "
+                f"but the images are {image_size} px; raise data.image_size or lower task.cell_size"
+            )
+
+
+@dataclass
+class Puzzles:
+    """A batch of puzzles and where their tiles came from.
+
+    Attributes:
+        tiles: (B, T, C, t, t): ``tiles[b, p]`` was cut from cell ``order[b, p]``.
+        labels: (B,) long, the index of each puzzle's permutation in the set.
+        order: (B, T) long, ``permutations[labels]``: the source cell of the tile at each position.
+        origins: (B, 2) long, top-left (row, col) of each puzzle's window in its image.
+        offsets: (B, T, 2) long, top-left (row, col) of the tile inside each cell (cells row-major).
+    """
+
+    tiles: Tensor
+    labels: Tensor
+    order: Tensor
+    origins: Tensor
+    offsets: Tensor
+
+
+def draw_placement(
+    batch: int,
+    image_size: tuple[int, int],
+    geometry: PuzzleGeometry,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Random window positions and tile offsets, drawn per puzzle.
+
+    Args:
+        batch: number of puzzles B.
+        image_size: (H, W) of the images.
+        geometry: the puzzle geometry.
+        device: where the draws live (the images' device).
+        generator: random source on ``device``.
+
+    Returns:
+        origins: (B, 2) long, the window's top-left (row, col) in [0, (H, W) - window_size].
+        offsets: (B, T, 2) long, each tile's top-left inside its cell, in [0, cell_size - tile_size].
+    """
+    origins = torch.stack(
+        [
+            torch.randint(0, size - geometry.window_size + 1, (batch,), device=device, generator=generator)
+            for size in image_size
+        ],
+        dim=1,
+    )
+    slack = geometry.cell_size - geometry.tile_size + 1
+    offsets = torch.randint(0, slack, (batch, geometry.num_tiles, 2), device=device, generator=generator)
+    return origins, offsets
+
+
+def tile_corners(origins: Tensor, offsets: Tensor, order: Tensor, geometry: PuzzleGeometry) -> Tensor:
+    """Image coordinates of the tile shown at each position of each puzzle.
+
+    Args:
+        origins: (B, 2) window top-left per puzzle.
+        offsets: (B, T, 2) tile top-left inside each cell, cells row-major.
+        order: (B, T) source cell of the tile at each position.
+        geometry: the puzzle geometry.
+
+    Returns:
+        (B, T, 2) long top-left (row, col) in the image of the tile at each position.
+    """
+    cells = geometry.cell_origins(order.device)[order]  # (B, T, 2)
+    in_cell = offsets.gather(1, order.unsqueeze(-1).expand(-1, -1, 2))
+    return origins.unsqueeze(1) + cells + in_cell
+
+
+def cut_tiles(
+    images: Tensor, corners: Tensor, tile_size: int, channel_shifts: Tensor | None = None
+) -> Tensor:
+    """Square tiles of a batch, every channel of every tile picked by one indexing operation.
+
+    Args:
+        images: (B, C, H, W).
+        corners: (B, T, 2) long top-left (row, col) of each tile.
+        tile_size: side t of a tile.
+        channel_shifts: (B, T, C, 2) long per-channel displacement of each tile's window, or None.
+            Shifted windows are clamped to the image, so a channel never reads outside it.
+
+    Returns:
+        (B, T, C, t, t) tiles, in the order of ``corners``.
+    """
+    batch, channels, height, width = images.shape
+    num_tiles = corners.shape[1]
+    # (B, C, H - t + 1, W - t + 1, t, t): every t x t window, a view with no copy.
+    windows = images.unfold(2, tile_size, 1).unfold(3, tile_size, 1)
+    top = corners[..., 0, None].expand(batch, num_tiles, channels)
+    left = corners[..., 1, None].expand(batch, num_tiles, channels)
+    if channel_shifts is not None:
+        top = (top + channel_shifts[..., 0]).clamp(0, height - tile_size)
+        left = (left + channel_shifts[..., 1]).clamp(0, width - tile_size)
+    batch_index = torch.arange(batch, device=images.device).view(-1, 1, 1)
+    channel_index = torch.arange(channels, device=images.device).view(1, 1, -1)
+    return windows[batch_index, channel_index, top, left]
+
+
+def to_grayscale(tiles: Tensor, gray: Tensor) -> Tensor:
+    """Turn the tiles of the chosen puzzles to grayscale (the same luma in all three channels).
+
+    The luma weights act on the normalized channels; with the near-equal per-channel stds of image
+    datasets that is a grayscale image up to an affine change, which per-tile normalization removes.
+
+    Args:
+        tiles: (B, T, 3, t, t).
+        gray: (B,) bool, the puzzles to convert.
+
+    Returns:
+        (B, T, 3, t, t).
+    """
+    weights = torch.tensor(LUMA_WEIGHTS, device=tiles.device, dtype=tiles.dtype).view(1, 1, 3, 1, 1)
+    luma = (tiles * weights).sum(dim=2, keepdim=True).expand_as(tiles)
+    return torch.where(gray.view(-1, 1, 1, 1, 1), luma, tiles)
+
+
+def standardize_tiles(tiles: Tensor, eps: float = 1e-5) -> Tensor:
+    """(..., C, t, t) -> the same, each channel of each tile at zero mean and unit std (flat ones at 0)."""
+    std, mean = torch.std_mean(tiles, dim=(-2, -1), keepdim=True)
+    return (tiles - mean) / (std + eps)
+
+
+def make_puzzles(
+    images: Tensor,
+    permutations: Tensor,
+    geometry: PuzzleGeometry,
+    channel_jitter: int = 0,
+    grayscale_fraction: float = 0.0,
+    normalize: bool = True,
+    generator: torch.Generator | None = None,
+) -> Puzzles:
+    """Cut, jitter, gray, normalize and shuffle one puzzle per image, on the images' device.
+
+    Args:
+        images: (B, 3, H, W) normalized images.
+        permutations: (P, T) long, the permutation set; puzzle labels index it.
+        geometry: the puzzle geometry (fits inside H x W).
+        channel_jitter: largest shift in px of a colour channel (0: none); grayscale puzzles are not
+            shifted, since their channels are one.
+        grayscale_fraction: probability of a puzzle being grayscale.
+        normalize: standardize each tile channel on its own.
+        generator: random source on the images' device.
+
+    Returns:
+        The puzzles: tiles (B, T, 3, t, t) and their labels, order and placement.
+    """
+    batch, channels = images.shape[:2]
+    device = images.device
+    labels = torch.randint(0, permutations.shape[0], (batch,), device=device, generator=generator)
+    order = permutations[labels]
+    origins, offsets = draw_placement(
+        batch, (images.shape[-2], images.shape[-1]), geometry, device, generator
+    )
+    corners = tile_corners(origins, offsets, order, geometry)
+    gray = torch.rand(batch, device=device, generator=generator) < grayscale_fraction
+    shifts = None
+    if channel_jitter > 0:
+        shape = (batch, geometry.num_tiles, channels, 2)
+        shifts = torch.randint(-channel_jitter, channel_jitter + 1, shape, device=device, generator=generator)
+        shifts = shifts * ~gray.view(-1, 1, 1, 1)
+    tiles = cut_tiles(images, corners, geometry.tile_size, shifts)
+    if grayscale_fraction > 0:
+        tiles = to_grayscale(tiles, gray)
+    if normalize:
+        tiles = standardize_tiles(tiles)
+    return Puzzles(tiles, labels, order, origins, offsets)
+
+
+class Jigsaw(PretextTask):
+    """Jigsaw puzzle solving with a context-free network.
+
+    Args:
+        encoder: the tile encoder to pretrain (shared by all tiles).
+        image_size: side of the images the task receives (``data.image_size``).
+        grid_size: tiles per side (3: 9 tiles).
+        cell_size: side of a grid cell in px; None fills the image (``image_size // grid_size``).
+        tile_size: side of a tile in px; None takes the paper's 64/75 of the cell.
+        num_permutations: size of the permutation set, the number of classes.
+        permutation_selection: ``max_avg`` (the paper's) or ``max_min`` (see permutations.py).
+        permutation_seed: picks the set; the same on every process, whatever the run's seed.
+        permutation_cache: folder where generated sets are kept; None generates every time.
+        normalize_tiles: standardize each tile channel on its own.
+        channel_jitter: largest per-channel shift of a tile in px.
+        grayscale_fraction: fraction of puzzles made from grayscale images.
+        tile_dim: width of the per-tile projection (fc6).
+        head_hidden_dims: hidden widths of the MLP on the concatenated projections (fc7).
+        report_puzzles: puzzles drawn into ``puzzles.png`` in the run directory at the end of
+            training (0: none).
+        optim: see :class:`~selfsup.tasks.base.PretextTask`.
+        schedule: see :class:`~selfsup.tasks.base.PretextTask`.
+
+    Example:
+        >>> task = Jigsaw(ResNetEncoder(18, cifar_stem=True), image_size=96, num_permutations=100)
+        >>> out = task.pretext_step(torch.randn(8, 3, 96, 96))  # 8 puzzles of nine 27 px tiles
+        >>> out.loss, out.metrics["jigsaw_acc"]
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        image_size: int,
+        grid_size: int = 3,
+        cell_size: int | None = None,
+        tile_size: int | None = None,
+        num_permutations: int = 1000,
+        permutation_selection: str = "max_avg",
+        permutation_seed: int = 0,
+        permutation_cache: str | None = None,
+        normalize_tiles: bool = True,
+        channel_jitter: int = 2,
+        grayscale_fraction: float = 0.3,
+        tile_dim: int = 1024,
+        head_hidden_dims: Sequence[int] = (4096,),
+        report_puzzles: int = 8,
+        optim: Mapping[str, Any] | None = None,
+        schedule: Callable | None = None,
+    ) -> None:
+        if permutation_selection not in SELECTIONS:
+            raise ValueError(
+                f"permutation_selection must be one of {SELECTIONS}, got {permutation_selection!r}"
+            )
+        if channel_jitter < 0:
+            raise ValueError(f"channel_jitter must be >= 0, got {channel_jitter}")
+        if not 0.0 <= grayscale_fraction <= 1.0:
+            raise ValueError(f"grayscale_fraction must be in [0, 1], got {grayscale_fraction}")
+        super().__init__(encoder, optim, schedule)
+        self.geometry = PuzzleGeometry.fit(image_size, grid_size, cell_size, tile_size)
+        self.geometry.check(image_size)
+        log.info(
+            "Jigsaw geometry on %d px images: %d px window, %d x %d cells of %d px, %d px tiles",
+            image_size, self.geometry.window_size, grid_size, grid_size, self.geometry.cell_size,
+            self.geometry.tile_size,
+        )  # fmt: skip
+        perms = permutation_set(
+            num_permutations,
+            self.geometry.num_tiles,
+            permutation_selection,
+            permutation_seed,
+            permutation_cache,
+        )
+        self.permutations: Tensor
+        self.register_buffer("permutations", perms)  # in checkpoints: a resumed run keeps its classes
+        self.normalize_tiles, self.channel_jitter = normalize_tiles, channel_jitter
+        self.grayscale_fraction, self.report_puzzles = grayscale_fraction, report_puzzles
+        self.tile_projection = nn.Sequential(
+            nn.Linear(encoder.out_dim, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True)
+        )
+        self.classifier = mlp(self.geometry.num_tiles * tile_dim, list(head_hidden_dims), num_permutations)
+        self._last_images: Tensor | None = None  # a few images of the latest batch, for the report
+
+    def check_input(self, image_size: int) -> None:
+        self.geometry.check(image_size)
+        tile = self.geometry.tile_size
+        try:
+            self.encoder.check_image_size(tile)
+        except ValueError as e:
+            raise ValueError(
+                f"the encoder sees {tile} px Jigsaw tiles ({self.geometry.cell_size} px cells on "
+                f"{image_size} px images; set task.tile_size, task.cell_size or data.image_size): {e}"
+            ) from None
+
+    def puzzles(self, images: Tensor) -> Puzzles:
+        """(B, 3, H, W) normalized images -> one puzzle each, with this task's geometry and options."""
+        return make_puzzles(
+            images,
+            self.permutations,
+            self.geometry,
+            self.channel_jitter,
+            self.grayscale_fraction,
+            self.normalize_tiles,
+        )
+
+    def embed_tiles(self, tiles: Tensor) -> Tensor:
+        """(B, T, C, t, t) -> (B, T, tile_dim): all B*T tiles through the encoder as one batch."""
+        batch, num_tiles = tiles.shape[:2]
+        features = self.encode(tiles.flatten(0, 1))
+        return self.tile_projection(features).view(batch, num_tiles, -1)
+
+    def solve(self, tiles: Tensor) -> Tensor:
+        """(B, T, C, t, t) -> (B, P) permutation logits from the tile embeddings concatenated in order."""
+        return self.classifier(self.embed_tiles(tiles).flatten(1))
+
+    def pretext_step(self, images: Tensor) -> StepOutput:
+        puzzles = self.puzzles(images)
+        logits = self.solve(puzzles.tiles)
+        loss = F.cross_entropy(logits, puzzles.labels)
+        predicted = logits.detach().argmax(dim=1)
+        metrics = {
+            "jigsaw_acc": (predicted == puzzles.labels).float().mean(),
+            # Partial credit: tiles whose position the predicted permutation gets right.
+            "tile_acc": (self.permutations[predicted] == puzzles.order).float().mean(),
+        }
+        if self.report_puzzles > 0:
+            self._last_images = images[: self.report_puzzles].detach()
+        return StepOutput(loss, metrics)
+
+    @torch.no_grad()
+    def save_puzzles(self, images: Tensor, path: str | Path, num: int = 8) -> Path:
+        """Draw ``num`` puzzles from ``images`` with their true and predicted order (eval mode) to ``path``.
+
+        Args:
+            images: (B, 3, H, W) normalized images, on the task's device.
+            path: the image file to write (png).
+            num: puzzles to draw, at most B.
+
+        Returns:
+            The written file.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            puzzles = self.puzzles(images[:num])
+            predicted = self.solve(puzzles.tiles).argmax(dim=1)
+            return save_puzzle_grid(
+                path, puzzles.tiles, puzzles.order, self.permutations[predicted], self.geometry.grid_size
+            )
+        finally:
+            self.train(was_training)
+
+    def on_train_end(self) -> None:
+        if self._last_images is None or not self.trainer.is_global_zero:
+            return
+        path = Path(self.trainer.default_root_dir) / PUZZLE_IMAGE
+        self.save_puzzles(self._last_images, path, self.report_puzzles)
+        log.info("puzzles with their true and predicted order: %s", path)

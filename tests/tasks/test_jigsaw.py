@@ -1,0 +1,242 @@
+"""Jigsaw: tiles come from the cells their permutation names, label k is permutation k, the head sees
+tiles in order, anti-shortcut options do what they say, the config check refuses too-small tiles,
+training learns and the exported tile encoder reloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.encoders import ResNetEncoder, ViTEncoder, load
+from selfsup.errors import ConfigError
+from selfsup.stages.components import build_encoder, build_task
+from selfsup.stages.pretrain import pretrain
+from selfsup.tasks.jigsaw import (
+    PUZZLE_IMAGE,
+    Jigsaw,
+    PuzzleGeometry,
+    Puzzles,
+    make_puzzles,
+    standardize_tiles,
+)
+from selfsup.tasks.permutations import permutation_set
+from tests.conftest import FAST
+
+GEOMETRY = PuzzleGeometry(grid_size=3, cell_size=12, tile_size=9)
+SMALL_HEAD = {"num_permutations": 10, "tile_dim": 16, "head_hidden_dims": [32]}
+
+
+def tiny_vit() -> ViTEncoder:
+    return ViTEncoder(image_size=36, patch_size=4, width=64, depth=1, num_heads=2)
+
+
+def random_permutations(count: int, n: int = 9, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n, generator=generator) for _ in range(count)])
+
+
+def cell_crop(image: torch.Tensor, origin: torch.Tensor, offset: torch.Tensor, cell: int) -> torch.Tensor:
+    """The tile of ``cell`` in ``image`` (C, H, W), written out from the geometry by hand."""
+    row, col = divmod(cell, GEOMETRY.grid_size)
+    top = int(origin[0]) + row * GEOMETRY.cell_size + int(offset[0])
+    left = int(origin[1]) + col * GEOMETRY.cell_size + int(offset[1])
+    return image[:, top : top + GEOMETRY.tile_size, left : left + GEOMETRY.tile_size]
+
+
+def test_paper_geometry_and_its_scaled_versions() -> None:
+    assert PuzzleGeometry.fit(225) == PuzzleGeometry(3, 75, 64)
+    assert PuzzleGeometry.fit(225).window_size == 225
+    assert PuzzleGeometry.fit(96) == PuzzleGeometry(3, 32, 27)
+    assert PuzzleGeometry.fit(96, tile_size=28) == PuzzleGeometry(3, 32, 28)
+    with pytest.raises(ValueError, match="tile_size must be between"):
+        PuzzleGeometry(3, 10, 11)
+    with pytest.raises(ValueError, match=r"raise data\.image_size"):
+        PuzzleGeometry(3, 75, 64).check(224)
+
+
+def test_tile_at_position_p_is_the_crop_of_cell_perm_p() -> None:
+    images = torch.randn(16, 3, 41, 41)  # 5 px of room around the 36 px window
+    perms = random_permutations(20)
+    generator = torch.Generator().manual_seed(1)
+    puzzles = make_puzzles(images, perms, GEOMETRY, normalize=False, generator=generator)
+    assert puzzles.tiles.shape == (16, 9, 3, 9, 9)
+    assert len(set(puzzles.labels.tolist())) > 1 and len({tuple(o) for o in puzzles.origins.tolist()}) > 1
+    assert ((puzzles.origins >= 0) & (puzzles.origins <= 41 - 36)).all()
+    assert ((puzzles.offsets >= 0) & (puzzles.offsets <= 12 - 9)).all()
+    for b in range(16):
+        perm = perms[puzzles.labels[b]]
+        assert torch.equal(puzzles.order[b], perm)
+        for p in range(9):
+            cell = int(perm[p])
+            expected = cell_crop(images[b], puzzles.origins[b], puzzles.offsets[b, cell], cell)
+            assert torch.equal(puzzles.tiles[b, p], expected)
+
+
+def test_label_k_is_permutation_k_of_the_set(tmp_path: Path) -> None:
+    task = Jigsaw(tiny_vit(), image_size=36, tile_size=8, permutation_cache=str(tmp_path), **SMALL_HEAD)
+    expected = permutation_set(10, 9, "max_avg", seed=0)
+    assert torch.equal(task.permutations, expected)
+    assert torch.equal(task.state_dict()["permutations"], expected)  # checkpoints keep the classes
+    images = torch.randn(32, 3, 36, 36)
+    puzzles = task.puzzles(images)
+    assert torch.equal(puzzles.order, expected[puzzles.labels])
+
+
+def test_channel_jitter_shifts_each_colour_channel_a_little() -> None:
+    images = torch.randn(8, 3, 40, 40)
+    generator = torch.Generator().manual_seed(0)
+    puzzles = make_puzzles(
+        images, random_permutations(5), GEOMETRY, channel_jitter=2, normalize=False, generator=generator
+    )
+    shifts_seen = set()
+    for b in range(8):
+        for p in range(9):
+            cell = int(puzzles.order[b, p])
+            for c in range(3):
+                tile = puzzles.tiles[b, p, c]
+                matches = [
+                    (dy, dx)
+                    for dy in range(-2, 3)
+                    for dx in range(-2, 3)
+                    if torch.equal(tile, _shifted_crop(images[b, c], puzzles, b, cell, dy, dx))
+                ]
+                assert matches, "each channel is its cell's crop, shifted by at most 2 px"
+                shifts_seen.add(matches[0])
+    assert len(shifts_seen) > 5
+
+
+def _shifted_crop(
+    channel: torch.Tensor, puzzles: Puzzles, b: int, cell: int, dy: int, dx: int
+) -> torch.Tensor:
+    """The crop of ``cell`` in one (H, W) channel moved by (dy, dx), kept inside the image."""
+    row, col = divmod(cell, GEOMETRY.grid_size)
+    size, limit = GEOMETRY.tile_size, channel.shape[-1] - GEOMETRY.tile_size
+    top = int(puzzles.origins[b, 0]) + row * GEOMETRY.cell_size + int(puzzles.offsets[b, cell, 0]) + dy
+    left = int(puzzles.origins[b, 1]) + col * GEOMETRY.cell_size + int(puzzles.offsets[b, cell, 1]) + dx
+    top, left = min(max(top, 0), limit), min(max(left, 0), limit)
+    return channel[top : top + size, left : left + size]
+
+
+def test_grayscale_puzzles_have_one_unshifted_channel() -> None:
+    images = torch.randn(6, 3, 36, 36)
+    gray = make_puzzles(images, random_permutations(4), GEOMETRY, 2, grayscale_fraction=1.0, normalize=False)
+    assert torch.equal(gray.tiles[:, :, 0], gray.tiles[:, :, 1])
+    assert torch.equal(gray.tiles[:, :, 1], gray.tiles[:, :, 2])
+    luma = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+    b, p = 3, 4
+    cell = int(gray.order[b, p])
+    expected = cell_crop(luma[b][None], gray.origins[b], gray.offsets[b, cell], cell)[0]
+    torch.testing.assert_close(gray.tiles[b, p, 0], expected)
+    colour = make_puzzles(images, random_permutations(4), GEOMETRY, grayscale_fraction=0.0)
+    assert not torch.equal(colour.tiles[:, :, 0], colour.tiles[:, :, 1])
+
+
+def test_tiles_are_standardized_per_channel() -> None:
+    tiles = torch.randn(4, 9, 3, 8, 8) * 5 + 3
+    out = standardize_tiles(tiles)
+    torch.testing.assert_close(out.mean(dim=(-2, -1)), torch.zeros(4, 9, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(-2, -1)), torch.ones(4, 9, 3), atol=1e-4, rtol=0)
+    assert torch.equal(standardize_tiles(torch.full((1, 1, 3, 4, 4), 7.0)), torch.zeros(1, 1, 3, 4, 4))
+
+
+def test_head_receives_tiles_in_order() -> None:
+    task = Jigsaw(ResNetEncoder(18, cifar_stem=True), image_size=36, **SMALL_HEAD).eval()
+    seen: list[torch.Tensor] = []
+    task.classifier.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    tiles = torch.randn(2, 9, 3, 9, 9)
+    with torch.no_grad():
+        task.solve(tiles)
+        head_input = seen[0].view(2, 9, 16)
+        for p in range(9):
+            alone = task.tile_projection(task.encoder(tiles[:, p]))
+            torch.testing.assert_close(head_input[:, p], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_a_few_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    # Each cell of the images holds its own brightness, so a tile says where it came from: the
+    # network only has to learn to read nine of them back into a permutation index.
+    cells = torch.arange(9.0).view(1, 1, 3, 3) - 4
+    images = cells.repeat_interleave(12, dim=2).repeat_interleave(12, dim=3).expand(16, 3, 36, 36)
+    images = images + 0.1 * torch.randn(16, 3, 36, 36)
+    task = Jigsaw(
+        tiny_vit(),
+        image_size=36,
+        tile_size=8,
+        num_permutations=8,
+        normalize_tiles=False,
+        channel_jitter=0,
+        grayscale_fraction=0.0,
+        tile_dim=32,
+        head_hidden_dims=[64],
+    )
+    optimizer = torch.optim.Adam(task.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        out = task.pretext_step(images)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    assert sum(losses[-3:]) < 0.6 * sum(losses[:3])
+    assert 0.0 <= out.metrics["jigsaw_acc"] <= 1.0 and 0.0 <= out.metrics["tile_acc"] <= 1.0
+
+
+def test_works_with_a_vit_on_tiles() -> None:
+    encoder = tiny_vit()
+    task = Jigsaw(encoder, image_size=36, tile_size=8, **SMALL_HEAD)
+    task.check_input(36)
+    out = task.pretext_step(torch.randn(4, 3, 36, 36))
+    out.loss.backward()
+    assert encoder.patch_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("encoder", "message"),
+    [
+        (lambda: ResNetEncoder(18), "9 px Jigsaw tiles.*cifar_stem=true"),
+        (tiny_vit, "patch size 4"),
+    ],
+)
+def test_tiles_too_small_for_the_encoder_are_refused(encoder, message: str) -> None:
+    task = Jigsaw(encoder(), image_size=36, tile_size=9, **SMALL_HEAD)
+    with pytest.raises(ValueError, match=message):
+        task.check_input(36)
+
+
+def test_config_check_names_the_key_before_training(make_cfg) -> None:
+    cfg = make_cfg(["task=jigsaw", *FAST, "encoder.cifar_stem=false", "task.num_permutations=10"])
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*8 px Jigsaw tiles"):
+        build_task(cfg, build_encoder(cfg, check_image_size=False))
+    cfg = make_cfg(["task=jigsaw", *FAST, "encoder.cifar_stem=true", "task.cell_size=20"])
+    with pytest.raises(ConfigError, match=r"'task'.*covers 3 x 20 px = 60 px but the images are 32 px"):
+        build_task(cfg, build_encoder(cfg, check_image_size=False))
+
+
+def test_pretraining_exports_a_tile_encoder_for_whole_images(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        [
+            "task=jigsaw",
+            *FAST,
+            "encoder.cifar_stem=true",
+            "task.num_permutations=10",
+            "task.tile_dim=16",
+            "task.head_hidden_dims=[32]",
+            "task.report_puzzles=3",
+        ]
+    )
+    metrics = pretrain(cfg)
+    assert metrics["steps"] == 2 and 0.0 <= metrics["jigsaw_acc"] <= 1.0
+    run_dir = tmp_path / "run"
+    encoder = load(run_dir / "encoder")
+    assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+    assert (run_dir / PUZZLE_IMAGE).stat().st_size > 0
+    assert list((tmp_path / "cache" / "permutations").glob("max_avg_n9_count10_seed0.npy"))
+
+
+def test_puzzles_are_drawn_on_demand(tmp_path: Path) -> None:
+    task = Jigsaw(tiny_vit(), image_size=36, tile_size=8, **SMALL_HEAD)
+    path = task.save_puzzles(torch.randn(5, 3, 36, 36), tmp_path / "p.png", num=2)
+    assert path.is_file() and task.training
