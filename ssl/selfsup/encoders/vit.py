@@ -2,8 +2,8 @@
 
 Besides the pooled ``forward`` the encoder exposes the pieces that masked-image pretraining needs
 (MAE encodes only the visible tokens): ``embed_patches`` (patch embedding plus position embedding),
-``add_class_token``, ``blocks`` and ``norm``. Position embeddings are fixed 2-D sin-cos (as in MAE) or
-learned (torchvision's default).
+``add_class_token``, ``blocks`` and ``norm``, and ``encode_tokens``, which runs the last three on any
+set of tokens. Position embeddings are fixed 2-D sin-cos (as in MAE) or learned (torchvision's default).
 """
 
 from __future__ import annotations
@@ -153,6 +153,19 @@ class ViTEncoder(Encoder):
         """(B, L', width) -> (B, 1 + L', width): the class token (with its position embedding) first."""
         cls = (self.class_token + self.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1)
+
+    def encode_tokens(self, tokens: Tensor) -> Tensor:
+        """Run the transformer on any set of patch tokens: what MAE and SimMIM call instead of ``forward``.
+
+        Args:
+            tokens: (B, L', width) patch tokens that already carry their position embedding (from
+                ``embed_patches``): all of them, a per-sample subset (MAE's visible tokens), or some
+                replaced by a mask token (SimMIM).
+
+        Returns:
+            (B, 1 + L', width) tokens after the final LayerNorm, the class token first.
+        """
+        return self.norm(self.blocks(self.add_class_token(tokens)))
 
     def pool_tokens(self, tokens: Tensor) -> Tensor:
         """(B, 1 + L, width) normalized tokens -> (B, width) by ``pool``."""
