@@ -56,19 +56,37 @@ def _knn_section(knn: Mapping[str, Any]) -> str:
 
 
 def _finetune_section(finetune: Mapping[str, Any]) -> str:
-    rows = []
-    for name, result in finetune.items():
-        if isinstance(result, dict) and "top1" in result:
-            rows.append(
-                [
-                    name,
-                    *(result.get(k, "") for k in ("freeze_until", "label_fraction", "epochs")),
-                    result["top1"],
-                ]
-            )
+    """The settings, then per encoder: top-1 over seeds, frozen stages, labeled images and steps."""
+    settings = ", ".join(
+        f"{key} {finetune[key]}"
+        for key in (
+            "freeze_until",
+            "label_fraction",
+            "epochs",
+            "max_steps",
+            "head_lr",
+            "encoder_lr",
+            "layer_decay",
+        )
+        if finetune.get(key) is not None
+    )
+    rows = [
+        [
+            name,
+            f"{result['top1_mean']:.2f} ± {result['top1_std']:.2f}",
+            ", ".join(result.get("frozen_stages", [])) or "none",
+            result.get("train_images", ""),
+            result.get("steps", ""),
+        ]
+        for name, result in finetune.items()
+        if isinstance(result, dict) and "top1_mean" in result
+    ]
     if not rows:
         return "```\n" + str(dict(finetune)) + "\n```"
-    return markdown_table(["encoder", "frozen until", "label fraction", "epochs", "top-1 %"], rows)
+    table = markdown_table(
+        ["encoder", "top-1 % (mean ± std over seeds)", "frozen stages", "labeled images", "steps"], rows
+    )
+    return f"Settings: {settings}.\n\n{table}"
 
 
 def write_report(

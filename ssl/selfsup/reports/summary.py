@@ -79,12 +79,12 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     if knn_main is not None:
         out.update({f"knn_{k}": v for k, v in knn[knn_main].items()})
     finetune = metrics.get("finetune", {})
+    for key in ("freeze_until", "label_fraction"):
+        if key in finetune:
+            out[key] = finetune[key]
     for name, result in finetune.items():
-        if isinstance(result, dict) and "top1" in result:
-            out[f"finetune_{name}"] = result["top1"]
-            for key in ("freeze_until", "label_fraction"):
-                if key in result:
-                    out[key] = result[key]
+        if isinstance(result, dict) and "top1_mean" in result:
+            out[f"finetune_{name}"] = result["top1_mean"]
     return out
 
 

@@ -1,0 +1,256 @@
+"""The fine-tuning stage: exported encoders, each with a new head, on a label fraction of the train split.
+
+Every encoder is fine-tuned once per seed: the seed draws the label fraction (the same images for
+every encoder, so encoders are compared on equal terms), the head's initialization and the data
+order. Top-1 is measured on the test split's centre crops. A sweep over ``eval.finetune.freeze_until``
+and ``eval.finetune.label_fraction`` writes one metrics.json per job with both values recorded: the
+freeze-versus-fine-tune picture of a dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import CSVLogger
+
+from selfsup.config import build, check_complete, require_choice, require_positive_int, select
+from selfsup.data.datamodule import ImageDataModule
+from selfsup.data.subsets import source_labels, stratified_fraction
+from selfsup.encoders import export
+from selfsup.encoders.base import Encoder
+from selfsup.errors import ConfigError
+from selfsup.eval.finetune import FineTuner, LabeledSplits, frozen_stages
+from selfsup.stages.components import build_datamodule, setup_runtime
+from selfsup.stages.probe import summarize
+from selfsup.stages.run_dir import update_metrics
+from selfsup.training.optim import LR_SCALING, derived_lr
+
+log = logging.getLogger(__name__)
+
+KEY = "eval.finetune"
+LOG_DIR = "finetune"
+
+
+def check_finetune_config(cfg: DictConfig, encoder: Encoder | None = None) -> None:
+    """Value checks on ``cfg.eval.finetune``, run before any work starts.
+
+    Args:
+        cfg: the composed config.
+        encoder: when given, ``freeze_until`` is checked against its stages too (the pipeline can
+            check the encoder it is about to pretrain).
+    """
+    check_complete(cfg)
+    _require_number(cfg, "label_fraction", "in (0, 1], e.g. 0.01 for 1% of the labels", lambda v: 0 < v <= 1)
+    require_positive_int(cfg, f"{KEY}.epochs")
+    for key in ("max_steps", "batch_size"):
+        if select(cfg, f"{KEY}.{key}") is not None:
+            require_positive_int(cfg, f"{KEY}.{key}")
+    seeds = select(cfg, f"{KEY}.seeds")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{KEY}.seeds", f"must be a non-empty list of integers, got {seeds!r}")
+    _require_number(cfg, "head_lr", "a positive number", lambda v: v > 0)
+    _require_number(cfg, "encoder_lr", "a positive number", lambda v: v > 0)
+    require_choice(cfg, f"{KEY}.lr_scaling", LR_SCALING)
+    require_positive_int(cfg, f"{KEY}.reference_batch")
+    _require_number(cfg, "layer_decay", "in (0, 1] (1 switches it off)", lambda v: 0 < v <= 1)
+    _require_number(cfg, "weight_decay", "a non-negative number", lambda v: v >= 0)
+    _require_number(cfg, "label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)
+    freeze_until = select(cfg, f"{KEY}.freeze_until")
+    if freeze_until is not None and not isinstance(freeze_until, str):
+        raise ConfigError(f"{KEY}.freeze_until", f"must be a stage name or null, got {freeze_until!r}")
+    if encoder is not None:
+        check_encoder(encoder, freeze_until)
+
+
+def check_encoder(
+    encoder: Encoder, freeze_until: str | None, image_size: int | None = None, where: str = ""
+) -> None:
+    """``freeze_until`` names one of the encoder's stages, and the encoder takes ``image_size`` px images."""
+    try:
+        frozen_stages(encoder.stage_names, freeze_until)
+    except ValueError as e:
+        raise ConfigError(f"{KEY}.freeze_until", f"{e}{where}") from None
+    if image_size is not None:
+        try:
+            encoder.check_image_size(image_size)
+        except ValueError as e:
+            raise ConfigError("data.image_size", f"{e}{where}") from None
+
+
+def check_encoders(encoders: Mapping[str, str | Path], freeze_until: str | None, image_size: int) -> None:
+    """:func:`check_encoder` on every export, each named in the error."""
+    for label, path in encoders.items():
+        check_encoder(export.load(path), freeze_until, image_size, f" (encoder '{label}' at {path})")
+
+
+def _require_number(cfg: DictConfig, name: str, allowed: str, ok: Callable[[float], bool]) -> None:
+    """``eval.finetune.<name>`` is a number for which ``ok`` holds, or a ConfigError saying what is ``allowed``."""
+    value = select(cfg, f"{KEY}.{name}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ConfigError(f"{KEY}.{name}", f"must be {allowed}, got {value!r}")
+
+
+def finetune_encoders(
+    encoders: Mapping[str, str | Path],
+    datamodule: ImageDataModule,
+    finetune_cfg: DictConfig,
+    run_dir: str | Path,
+) -> dict[str, Any]:
+    """Fine-tune each exported encoder on a label fraction of the train split; top-1 on the test split.
+
+    Every encoder is checked (stages, image size) before any is trained.
+
+    Args:
+        encoders: label -> export folder.
+        datamodule: with labeled ``train`` and ``test`` splits; brings the classes and image size.
+        finetune_cfg: ``eval.finetune``.
+        run_dir: training curves go to ``<run_dir>/finetune/<label>/seed<seed>/metrics.csv``.
+
+    Returns:
+        The settings (``freeze_until``, ``label_fraction``, ``seeds``, ...) and, per label, the top-1
+        summary over seeds (``top1_mean``, ``top1_std``, ``top1``, ...), the frozen stages, the
+        learning rate of each stage, the number of labeled training images, steps and time.
+    """
+    cfg = finetune_cfg
+    train_source, test_source = datamodule.source("train"), datamodule.source("test")
+    classes = list(train_source.classes or [])
+    if list(test_source.classes or []) != classes:
+        raise ConfigError(
+            "data.test",
+            f"the test split's classes {test_source.classes} differ from the train split's {classes}",
+        )
+    freeze_until = cfg.freeze_until
+    check_encoders(encoders, freeze_until, datamodule.image_size)
+    batch_size = int(cfg.batch_size or datamodule.batch_size)
+    head_lr = derived_lr(float(cfg.head_lr), cfg.lr_scaling, batch_size, int(cfg.reference_batch))
+    encoder_lr = derived_lr(float(cfg.encoder_lr), cfg.lr_scaling, batch_size, int(cfg.reference_batch))
+    log.info(
+        "fine-tuning: head lr %.3g, encoder lr %.3g (%s-scaled by batch %d over %d), layer decay %s, freeze_until %s, label fraction %s",
+        head_lr, encoder_lr, cfg.lr_scaling, batch_size, cfg.reference_batch, cfg.layer_decay, freeze_until, cfg.label_fraction,
+    )  # fmt: skip
+    labels = source_labels(train_source)
+    results: dict[str, Any] = {
+        "freeze_until": freeze_until,
+        "label_fraction": float(cfg.label_fraction),
+        "seeds": [int(s) for s in cfg.seeds],
+        "epochs": None if cfg.max_steps else int(cfg.epochs),
+        "max_steps": int(cfg.max_steps) if cfg.max_steps else None,
+        "batch_size": batch_size,
+        "head_lr": head_lr,
+        "encoder_lr": encoder_lr,
+        "layer_decay": float(cfg.layer_decay),
+        "num_classes": len(classes),
+        "image_size": datamodule.image_size,
+    }
+    make_model = _model_factory(cfg, len(classes), head_lr, encoder_lr)
+    for label, path in encoders.items():
+        started = time.perf_counter()
+        runs = []
+        for seed in map(int, cfg.seeds):
+            pl.seed_everything(seed, workers=True, verbose=False)  # before the head is initialized
+            model = make_model(export.load(path))
+            splits = LabeledSplits(
+                datamodule, stratified_fraction(labels, cfg.label_fraction, seed), batch_size
+            )
+            runs.append(_fit_and_test(model, splits, cfg, Path(run_dir) / LOG_DIR / label / f"seed{seed}"))
+        results[label] = {
+            **summarize([run["top1"] for run in runs]),
+            "frozen_stages": runs[0]["frozen_stages"],
+            "stage_lr": runs[0]["stage_lr"],
+            "train_images": runs[0]["train_images"],
+            "steps": runs[0]["steps"],
+            "time_s": round(time.perf_counter() - started, 1),
+        }
+        log.info(
+            "%s: fine-tuned top-1 %.2f ± %.2f", label, results[label]["top1_mean"], results[label]["top1_std"]
+        )
+    return results
+
+
+def _model_factory(
+    cfg: DictConfig, num_classes: int, head_lr: float, encoder_lr: float
+) -> Callable[[Encoder], FineTuner]:
+    """``encoder -> FineTuner`` with the settings of ``eval.finetune`` and the derived learning rates."""
+    return partial(
+        FineTuner,
+        num_classes=num_classes,
+        freeze_until=cfg.freeze_until,
+        head_lr=head_lr,
+        encoder_lr=encoder_lr,
+        layer_decay=float(cfg.layer_decay),
+        weight_decay=float(cfg.weight_decay),
+        no_decay_bias_and_norm=bool(cfg.no_decay_bias_and_norm),
+        label_smoothing=float(cfg.label_smoothing),
+        optimizer=build(f"{KEY}.optimizer", cfg.optimizer),
+        schedule=build(f"{KEY}.schedule", cfg.schedule) if cfg.get("schedule") is not None else None,
+    )
+
+
+def _fit_and_test(model: FineTuner, splits: LabeledSplits, cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
+    """Train ``model`` on the splits' train images, then test it; top-1 in percent.
+
+    Args:
+        model: a fresh FineTuner.
+        splits: the label fraction to train on and the test split.
+        cfg: ``eval.finetune`` (length, device, precision, logging).
+        log_dir: where the training curve goes (``metrics.csv``).
+    """
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1,
+        precision=cfg.precision,
+        max_epochs=-1 if cfg.max_steps else int(cfg.epochs),
+        max_steps=int(cfg.max_steps or -1),
+        logger=CSVLogger(log_dir.parent.parent, name=log_dir.parent.name, version=log_dir.name),
+        log_every_n_steps=int(cfg.log_every_n_steps),
+        enable_checkpointing=False,
+        enable_progress_bar=bool(cfg.progress_bar),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=log_dir,
+    )
+    with warnings.catch_warnings():
+        # Frozen stages are in eval mode on purpose (their BatchNorm statistics must not move).
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        trainer.fit(model, datamodule=splits)
+    tested = trainer.test(model, datamodule=splits, verbose=False)
+    return {
+        "top1": 100 * float(tested[0]["test/top1"]),
+        "frozen_stages": list(model.frozen),
+        "stage_lr": model.stage_lrs(),
+        "train_images": len(splits.train_dataset()),
+        "steps": int(trainer.global_step),
+    }
+
+
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """``selfsup-finetune``: fine-tune the exported encoders ``cfg.encoders`` (label -> folder).
+
+    Writes the ``finetune`` section of ``<run dir>/metrics.json``.
+    """
+    check_finetune_config(cfg)
+    encoders = dict(select(cfg, "encoders"))
+    if not encoders:
+        raise ConfigError(
+            "encoders", "no encoder to fine-tune; add one with +encoders.<label>=<export folder>"
+        )
+    for label, path in encoders.items():
+        if not (Path(path) / export.CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"encoders.{label}", f"no exported encoder at {path} (expected {export.CONFIG_FILE} there)"
+            )
+    check_encoders(encoders, select(cfg, f"{KEY}.freeze_until"), int(select(cfg, "data.image_size")))
+    setup_runtime(cfg)
+    datamodule = build_datamodule(cfg, ["train", "test"])
+    results = finetune_encoders(encoders, datamodule, cfg.eval.finetune, cfg.paths.run_dir)
+    update_metrics(cfg.paths.run_dir, "finetune", results)
+    return results

@@ -1,0 +1,52 @@
+"""The sweep summary over runs' metrics.json files: leaderboard rows and the freeze-versus-fine-tune plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from selfsup.reports.summary import headline_metrics, summarize
+
+
+def finetune_metrics(
+    fraction: float, freeze_until: str | None, pretrained: float, random_init: float
+) -> dict:
+    """A metrics.json as ``selfsup-finetune`` writes it, for two encoders."""
+
+    def result(top1: float) -> dict:
+        return {"top1_mean": top1, "top1_std": 0.5, "top1": [top1], "frozen_stages": [], "train_images": 10}
+
+    return {
+        "finetune": {
+            "freeze_until": freeze_until,
+            "label_fraction": fraction,
+            "seeds": [0],
+            "pretrained": result(pretrained),
+            "random_init": result(random_init),
+        }
+    }
+
+
+def test_headline_metrics_of_a_finetune_run() -> None:
+    row = headline_metrics(finetune_metrics(0.1, "stage2", 41.5, 39.0))
+    assert row == {
+        "freeze_until": "stage2",
+        "label_fraction": 0.1,
+        "finetune_pretrained": 41.5,
+        "finetune_random_init": 39.0,
+    }
+
+
+def test_summary_of_a_finetune_sweep(tmp_path: Path) -> None:
+    settings = [(0.01, None, 30.0, 25.0), (0.1, None, 45.0, 40.0), (0.01, "stage3", 28.0, 20.0)]
+    for i, setting in enumerate(settings):
+        job = tmp_path / f"{i}_job"
+        job.mkdir()
+        (job / "metrics.json").write_text(json.dumps(finetune_metrics(*setting)))
+    summary = summarize(tmp_path)
+    assert summary is not None
+    text = summary.read_text()
+    assert "finetune_pretrained" in text and "label_fraction" in text
+    for _, _, pretrained, random_init in settings:
+        assert str(pretrained) in text and str(random_init) in text
+    assert (tmp_path / "summary_figures" / "finetune_label_fraction.png").stat().st_size > 1000
