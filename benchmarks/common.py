@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +61,7 @@ class StepTimer(pl.Callback):
             self.times.append(time.perf_counter())
 
     def seconds_per_step(self) -> float:
+        """Median time between consecutive steps: robust to the spikes of a shared, noisy machine."""
         if len(self.times) < 2:
             raise RuntimeError("too few timed steps; raise --steps")
-        return (self.times[-1] - self.times[0]) / (len(self.times) - 1)
+        return statistics.median(b - a for a, b in itertools.pairwise(self.times))

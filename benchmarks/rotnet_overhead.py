@@ -3,7 +3,8 @@
 Full step: the real Lightning training loop on the embedded CIFAR-10 subset (data loading, rotations
 on the device, head, loss, logging, optimizer, LR schedule), timed between consecutive batch ends.
 Bare step: the same encoder and optimizer on the same already-rotated, normalized tensors, with nothing
-else. Overhead = 1 - full / bare (in source images per second).
+else. Overhead = 1 - full / bare (in source images per second), from the medians of per-step times over
+--repeats alternating measurements.
 
     python -m benchmarks.rotnet_overhead                      # resnet18 at 32 and 64 px, main-job defaults
     python -m benchmarks.rotnet_overhead --sizes 32 --set task.rotations=random
@@ -12,6 +13,7 @@ else. Overhead = 1 - full / bare (in source images per second).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -61,14 +63,16 @@ def bare_step(overrides: list[str], steps: int, warmup: int) -> float:
     inputs = inputs.contiguous(memory_format=memory_format)
     optimizer = build_optimizer(torch.optim.AdamW, [encoder], lr=1e-3, weight_decay=0.05)
     encoder.train()
+    times = []
     for i in range(warmup + steps):
-        if i == warmup:
-            started = time.perf_counter()
+        started = time.perf_counter()
         loss = encoder(inputs).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return images.shape[0] * steps / (time.perf_counter() - started)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return images.shape[0] / statistics.median(times)
 
 
 def main() -> None:
@@ -79,18 +83,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(
+        "--repeats", type=int, default=3, help="alternate full and bare this many times; medians reported"
+    )
+    parser.add_argument(
         "--set", nargs="*", default=[], help="extra Hydra overrides, e.g. encoder.cifar_stem=true"
     )
     args = parser.parse_args()
     for size in args.sizes:
         overrides = ["task=rotnet", "encoder=resnet18", f"data.image_size={size}", *args.set]
-        full = full_step(overrides, args.steps, args.warmup)
-        bare = bare_step(overrides, args.steps, args.warmup)
+        # Alternating the two measurements spreads any slow spell of a shared machine over both.
+        fulls, bares = [], []
+        for _ in range(args.repeats):
+            fulls.append(full_step(overrides, args.steps, args.warmup))
+            bares.append(bare_step(overrides, args.steps, args.warmup))
+        full, bare = statistics.median(fulls), statistics.median(bares)
         result = {
             "overrides": overrides,
             "full_images_per_s": round(full, 1),
             "bare_images_per_s": round(bare, 1),
             "overhead": round(1 - full / bare, 4),
+            "repeats": {"full": [round(v, 1) for v in fulls], "bare": [round(v, 1) for v in bares]},
         }
         path = record("rotnet_overhead", result)
         print(

@@ -16,20 +16,21 @@ from selfsup.stages.probe import probe
 from tests.conftest import FAST, FAST_DATA, compose_in
 
 PROBE = ["eval.linear_probe.epochs=2", "eval.linear_probe.seeds=[0,1]", "eval.linear_probe.layers=[pooled]"]
+FINETUNE = ["eval=full", "eval.finetune.max_steps=2", "eval.finetune.progress_bar=false"]
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One main-job run on generated images, shared by the tests that read what it leaves behind."""
     folder = tmp_path_factory.mktemp("pipeline")
-    return folder / "run", run(compose_in(folder, [*FAST, *PROBE], config_name="pipeline"))
+    return folder / "run", run(compose_in(folder, [*FAST, *FINETUNE, *PROBE], config_name="pipeline"))
 
 
 def test_pretrain_export_probe(pipeline_run: tuple[Path, dict]) -> None:
     run_dir, metrics = pipeline_run
     assert metrics["pretrain"]["steps"] == 2
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert set(saved) >= {"pretrain", "linear_probe", "knn", "total_time_s"}
+    assert set(saved) >= {"pretrain", "linear_probe", "knn", "finetune", "total_time_s"}
     probe_results = saved["linear_probe"]
     for label in ("pretrained", "random_init"):
         assert 0 <= probe_results[label]["pooled"]["top1_mean"] <= 100
@@ -46,7 +47,10 @@ def test_pretrain_export_probe(pipeline_run: tuple[Path, dict]) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()
     report = (run_dir / "report.md").read_text()
-    assert "## Linear probe" in report and "## kNN" in report
+    assert "## Linear probe" in report and "## kNN" in report and "## Fine-tuning" in report
+    for label in ("pretrained", "random_init"):
+        assert saved["finetune"][label]["steps"] == 2
+        assert f"| {label} | {saved['finetune'][label]['top1_mean']:.2f} ±" in report
     for figure in ("probe_layers.png", "training_curves.png", "embedding_tsne.png"):
         assert (run_dir / "figures" / figure).stat().st_size > 1000, figure
 
@@ -115,6 +119,15 @@ def test_embeddings_file_and_map(make_cfg, tmp_path: Path) -> None:
         f"class{i}" for i in range(4)
     ]
     assert Path(results["figure"]).is_file()
+
+
+def test_probe_layers_are_checked_against_the_encoder_before_pretraining(make_cfg, tmp_path: Path) -> None:
+    from selfsup.errors import ConfigError
+
+    cfg = make_cfg([*FAST, "encoder=vit_tiny", "eval.linear_probe.layers=[stage3]"], config_name="pipeline")
+    with pytest.raises(ConfigError, match=r"'eval.linear_probe.layers'.*unknown layer.*block12"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists(), "the error comes before any training"
 
 
 def test_probe_of_a_missing_export_is_named(make_cfg, tmp_path: Path) -> None:

@@ -21,9 +21,9 @@ from rich.table import Table
 from selfsup.eval.embeddings import project_2d, subsample
 from selfsup.reports import plots
 from selfsup.reports.report import FIGURES_DIR, write_report
-from selfsup.stages.components import build_datamodule
+from selfsup.stages.components import build_datamodule, build_encoder
 from selfsup.stages.pretrain import ENCODER_DIR, INIT_ENCODER_DIR, pretrain
-from selfsup.stages.probe import check_eval_config, evaluate_frozen
+from selfsup.stages.probe import check_eval_config, evaluate_frozen, resolve_layers
 from selfsup.stages.run_dir import update_metrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,23 @@ def downstream_key(cfg: DictConfig) -> str:
     return "downstream" if cfg.get("downstream") is not None else "data"
 
 
+def check_eval_against_encoder(cfg: DictConfig) -> None:
+    """Probe layers and ``freeze_until`` name stages of the encoder about to be pretrained.
+
+    Checked on a freshly built encoder before pretraining, so that a layer name from another encoder
+    family (``stage3`` for a ViT) fails in a second rather than after the whole pretraining run.
+    """
+    encoder = build_encoder(cfg, check_image_size=False)
+    if cfg.eval.get("linear_probe") is not None:
+        resolve_layers(cfg.eval.linear_probe.layers, encoder)
+    if cfg.eval.get("knn") is not None:
+        resolve_layers([cfg.eval.knn.layer], encoder, key="eval.knn.layer")
+    if cfg.eval.get("finetune") is not None:
+        from selfsup.stages.finetune import check_finetune_config
+
+        check_finetune_config(cfg, encoder)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain, evaluate both encoders, write metrics.json and report.md, print the comparison.
 
@@ -105,6 +122,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.run_dir)
     check_eval_config(cfg)
+    check_eval_against_encoder(cfg)
     key = downstream_key(cfg)
     build_datamodule(
         cfg, ["train", "test"], key

@@ -50,13 +50,15 @@ def check_eval_config(cfg: DictConfig) -> None:
             raise ConfigError("eval.knn.ks", f"must be a list of positive integers, got {ks}")
 
 
-def resolve_layers(requested: str | Sequence[str], encoder: Encoder) -> list[str]:
+def resolve_layers(
+    requested: str | Sequence[str], encoder: Encoder, key: str = "eval.linear_probe.layers"
+) -> list[str]:
     """``all`` means every stage plus ``pooled``; names are checked against the encoder."""
     layers = [*encoder.stage_names, "pooled"] if requested == "all" else list(requested)
     try:
         encoder.check_layers(layers)
     except ValueError as e:
-        raise ConfigError("eval.linear_probe.layers", str(e)) from None
+        raise ConfigError(key, str(e)) from None
     return layers
 
 
