@@ -44,8 +44,21 @@ def test_every_encoder_builds(make_cfg, name: str) -> None:
 
 @pytest.mark.parametrize("name", options("task"))
 def test_every_task_builds(make_cfg, name: str) -> None:
-    cfg = make_cfg([f"task={name}", *FAST])
-    assert isinstance(build_task(cfg, build_encoder(cfg)), PretextTask)
+    """With its default options, on a small ResNet or a small ViT; refusing one kind with a ConfigError."""
+    built = []
+    for encoder in (
+        ["encoder=resnet18", "encoder.cifar_stem=true"],
+        ["encoder=vit_tiny", "encoder.patch_size=4"],
+    ):
+        cfg = make_cfg([f"task={name}", *encoder, *FAST, "data.image_size=64"])
+        try:
+            task = build_task(cfg, build_encoder(cfg))
+        except ConfigError as e:
+            assert e.key and e.problem, "a refusal must name the key and the reason"
+            continue
+        assert isinstance(task, PretextTask)
+        built.append(encoder[0])
+    assert built, f"task {name} builds with neither a ResNet nor a ViT"
 
 
 @pytest.mark.parametrize("name", options("data"))

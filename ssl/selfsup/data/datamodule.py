@@ -44,7 +44,7 @@ class ImageDataModule(pl.LightningDataModule):
         eval_crop_fraction: downstream images are resized to ``image_size / eval_crop_fraction`` and
             centre-cropped to ``image_size``.
         on_bad_image: ``skip`` (count, log and drop unreadable images) or ``error``.
-        pin_memory: page-locked host buffers (useful with GPUs).
+        pin_memory: page-locked host buffers (useful with GPUs; ignored without one).
         persistent_workers: keep workers alive between epochs.
         path: where the data lives (folder, archive or dataset root); the split configs refer to it
             as ``${..path}``, and it is kept here to say where the data came from.
@@ -78,7 +78,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.eval_crop_fraction = eval_crop_fraction
         self.on_bad_image = on_bad_image
-        self.pin_memory = pin_memory
+        self.pin_memory = pin_memory and torch.cuda.is_available()  # nothing to pin for without a GPU
         self.persistent_workers = persistent_workers and num_workers > 0
         self.path, self.download = path, download
         self._sources: dict[str, ImageSource] = {}
