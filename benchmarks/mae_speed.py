@@ -13,6 +13,7 @@ normalized images, so data loading is not timed. Ratio = MAE images/s over bare 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -33,15 +34,17 @@ def images_per_second(
     optimizer = build_optimizer(torch.optim.AdamW, modules, lr=1e-4, weight_decay=0.05)
     for module in modules:
         module.train()
-    started = time.perf_counter()
+    times = []
     for i in range(warmup + steps):
-        if i == warmup:
-            started = time.perf_counter()
+        started = time.perf_counter()
         loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return batch * steps / (time.perf_counter() - started)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    # The median step: robust to the slow spells of a shared machine.
+    return batch / statistics.median(times)
 
 
 def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
