@@ -20,8 +20,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
+    """Floats to 2 decimals, small ones (learning rates) to 3 significant digits."""
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.3g}" if value != 0 and abs(value) < 0.1 else f"{value:.2f}"
     return str(value)
 
 
