@@ -8,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +65,22 @@ class StepTimer(pl.Callback):
         if len(self.times) < 2:
             raise RuntimeError("too few timed steps; raise --steps")
         return statistics.median(b - a for a, b in itertools.pairwise(self.times))
+
+
+def median_step_seconds(
+    loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, steps: int, warmup: int
+) -> float:
+    """Median wall time of ``loss_fn()`` + backward + optimizer step, after ``warmup`` untimed steps.
+
+    The median, not the mean: robust to the slow spells of a shared machine.
+    """
+    times = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)

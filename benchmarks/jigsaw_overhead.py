@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.common import StepTimer, compose_cfg, record
+from benchmarks.common import StepTimer, compose_cfg, median_step_seconds, record
 from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
 from selfsup.tasks.jigsaw import Jigsaw
 from selfsup.training.optim import build_optimizer
@@ -67,16 +67,8 @@ def puzzle_and_bare_step(overrides: list[str], steps: int, warmup: int, repeats:
             puzzle_times.append(time.perf_counter() - started)
     optimizer = build_optimizer(torch.optim.AdamW, [task.encoder, *task.heads()], lr=1e-3, weight_decay=0.05)
     task.train()
-    step_times = []
-    for i in range(warmup + steps):
-        started = time.perf_counter()
-        loss = task.solve(puzzles.tiles).logsumexp(dim=1).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            step_times.append(time.perf_counter() - started)
-    return statistics.median(puzzle_times), statistics.median(step_times)
+    loss_fn = lambda: task.solve(puzzles.tiles).logsumexp(dim=1).mean()  # noqa: E731
+    return statistics.median(puzzle_times), median_step_seconds(loss_fn, optimizer, steps, warmup)
 
 
 def main() -> None:

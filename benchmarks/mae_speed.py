@@ -13,14 +13,12 @@ normalized images, so data loading is not timed. Ratio = MAE images/s over bare 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import compose_cfg, record
+from benchmarks.common import compose_cfg, median_step_seconds, record
 from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
 from selfsup.training.optim import build_optimizer
 
@@ -34,17 +32,7 @@ def images_per_second(
     optimizer = build_optimizer(torch.optim.AdamW, modules, lr=1e-4, weight_decay=0.05)
     for module in modules:
         module.train()
-    times = []
-    for i in range(warmup + steps):
-        started = time.perf_counter()
-        loss = loss_fn()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
-    # The median step: robust to the slow spells of a shared machine.
-    return batch / statistics.median(times)
+    return batch / median_step_seconds(loss_fn, optimizer, steps, warmup)
 
 
 def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:

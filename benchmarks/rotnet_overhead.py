@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from benchmarks.common import StepTimer, compose_cfg, record
+from benchmarks.common import StepTimer, compose_cfg, median_step_seconds, record
 from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
 from selfsup.tasks.rotnet import rotate_batch
 from selfsup.training.optim import build_optimizer
@@ -63,16 +62,8 @@ def bare_step(overrides: list[str], steps: int, warmup: int) -> float:
     inputs = inputs.contiguous(memory_format=memory_format)
     optimizer = build_optimizer(torch.optim.AdamW, [encoder], lr=1e-3, weight_decay=0.05)
     encoder.train()
-    times = []
-    for i in range(warmup + steps):
-        started = time.perf_counter()
-        loss = encoder(inputs).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
-    return images.shape[0] / statistics.median(times)
+    seconds = median_step_seconds(lambda: encoder(inputs).mean(), optimizer, steps, warmup)
+    return images.shape[0] / seconds
 
 
 def main() -> None:

@@ -17,8 +17,6 @@ from torch import Tensor, nn
 
 from selfsup.eval.features import FeatureSet
 
-UPFRONT_FLOAT32_BYTES = 4 * 2**30
-
 
 class LinearProbe(nn.Module):
     """(B, D) features -> (B, num_classes) logits through BatchNorm1d(affine=False) and Linear."""
@@ -117,12 +115,7 @@ def fit_linear_probes(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
     )
-    # Cached features are float16; converting each batch costs about as much as the probe's own step
-    # on a CPU, so convert once up front unless the float32 copy would be large.
-    upfront = sum(t.numel() for t in train.features.values()) * 4 <= UPFRONT_FLOAT32_BYTES
-    features = {
-        layer: t.to(device, torch.float32) if upfront else t.to(device) for layer, t in train.features.items()
-    }
+    features = {layer: t.to(device) for layer, t in train.features.items()}
     labels = train.labels.to(device)
     for _ in range(epochs):
         probe.train()
