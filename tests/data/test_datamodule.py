@@ -81,3 +81,21 @@ def test_skipped_images_are_counted_once(tmp_path: Path) -> None:
         for batch in dm.train_dataloader():
             dm.on_after_batch_transfer(batch, 0)
     assert dm.bad_images == {str(tmp_path / "bad.png")}
+
+
+def test_train_and_test_must_have_the_same_classes(tmp_path: Path) -> None:
+    png = encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8)).numpy().tobytes()
+    for split, classes in (("train", ["cat", "dog", "frog"]), ("test", ["cat", "frog"])):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            (tmp_path / split / c / "0.png").write_bytes(png)
+    dm = ImageDataModule(
+        train=partial(FolderImages, tmp_path / "train", labeled=True),
+        test=partial(FolderImages, tmp_path / "test", labeled=True),
+        image_size=8,
+    )
+    # Numbered per split, 'frog' would be label 2 in train and 1 in test.
+    with pytest.raises(DataError, match=r"only in train: \['dog'\], only in test: \[\]"):
+        dm.classes()
+    same = _module(test=partial(synthetic, 8, 40, seed=2))
+    assert same.classes() == same.source("train").classes

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from selfsup.encoders import ResNetEncoder, ViTEncoder, load, read_spec, save
+from selfsup.encoders.export import identity
 from selfsup.errors import DataError
 
 
@@ -53,3 +54,22 @@ def test_load_needs_no_task_code(tmp_path: Path) -> None:
 def test_missing_export_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no exported encoder at"):
         load(tmp_path / "nothing")
+
+
+def test_identity_follows_the_weights_file_and_the_architecture(tmp_path: Path) -> None:
+    vit = dict(image_size=16, patch_size=4, width=32, depth=1, num_heads=2)
+    torch.manual_seed(0)
+    first = identity(save(ViTEncoder(**vit, pool="cls"), tmp_path / "a"))
+    torch.manual_seed(0)
+    assert identity(save(ViTEncoder(**vit, pool="cls"), tmp_path / "b")) == first, "same export, same id"
+    torch.manual_seed(0)
+    other_pool = identity(save(ViTEncoder(**vit, pool="mean"), tmp_path / "c"))
+    assert other_pool != first, "same weights, other pooling: other features"
+    # Weights replaced behind the yaml's back (its recorded sha256 is now stale) still change the id.
+    torch.manual_seed(1)
+    save(ViTEncoder(**vit, pool="cls"), tmp_path / "d")
+    (tmp_path / "a" / "encoder.safetensors").write_bytes(
+        (tmp_path / "d" / "encoder.safetensors").read_bytes()
+    )
+    assert identity(tmp_path / "a") != first
+    assert not list((tmp_path / "a").glob(".*tmp*")), "no temporary files are left behind"

@@ -10,8 +10,15 @@ import torch
 
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.synthetic import synthetic
-from selfsup.encoders import ResNetEncoder
-from selfsup.eval.features import FeatureCache, cached_features, extract_features, pool_feature
+from selfsup.encoders import ResNetEncoder, ViTEncoder
+from selfsup.eval.features import (
+    FeatureCache,
+    _store_as,
+    cached_features,
+    extract_features,
+    pool_feature,
+    resolve_token_pool,
+)
 
 
 def _datamodule() -> ImageDataModule:
@@ -93,3 +100,40 @@ def test_cache_is_per_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         "stage1"
     ].shape == (12, 64 * 16)
     assert torch.equal(mixed.labels, both.labels)
+
+
+def _vit(pool: str) -> ViTEncoder:
+    return ViTEncoder(image_size=16, patch_size=4, width=32, depth=2, num_heads=2, pool=pool)
+
+
+def test_token_pool_applies_to_a_vits_pooled_output_too() -> None:
+    dm, encoder = _datamodule(), _vit("cls")
+    images = dm.to_device(next(iter(dm.labeled_dataloader("train", augment=False))), "cpu")["image"]
+    with torch.no_grad():
+        tokens = encoder.norm(encoder.blocks(encoder.add_class_token(encoder.embed_patches(images))))
+    own = extract_features(encoder, dm, "train", ["pooled"], dtype=torch.float32)
+    mean = extract_features(encoder, dm, "train", ["pooled"], token_pool="mean", dtype=torch.float32)
+    assert resolve_token_pool(encoder, None) == "cls" and resolve_token_pool(_vit("mean"), None) == "mean"
+    assert torch.allclose(own.features["pooled"][:5], tokens[:, 0], atol=1e-5)
+    assert torch.allclose(mean.features["pooled"][:5], tokens[:, 1:].mean(1), atol=1e-5)
+    assert encoder.pool == "cls", "the encoder's own setting is restored"
+
+
+def test_a_vits_pool_setting_is_part_of_the_cache_key(tmp_path: Path) -> None:
+    cache, dm = FeatureCache(tmp_path), _datamodule()
+    cached_features(cache, _vit("cls"), "w", dm, "train", ["pooled"])
+    _, hit = cached_features(cache, _vit("mean"), "w", dm, "train", ["pooled"])
+    assert not hit, "mean-token features must not be served for class-token ones"
+    _, hit = cached_features(cache, _vit("cls"), "w", dm, "train", ["pooled"], token_pool="mean")
+    assert hit, "the same pooling, asked for explicitly, is the same features"
+
+
+def test_features_too_large_for_float16_are_kept_in_float32() -> None:
+    earlier = [torch.ones(2, 3, dtype=torch.float16)]
+    stored = _store_as(torch.full((2, 3), 1e6), earlier, torch.float16, "stage4")
+    assert stored.dtype == torch.float32 and stored[0, 0] == 1e6
+    assert earlier[0].dtype == torch.float32, "earlier chunks are converted so the layer concatenates"
+    assert _store_as(torch.ones(2, 3), earlier, torch.float16, "stage4").dtype == torch.float32
+    assert _store_as(torch.ones(2, 3), [], torch.float16, "stem").dtype == torch.float16
+    with pytest.raises(RuntimeError, match=r"non-finite .* layer 'stem'"):
+        _store_as(torch.tensor([[float("nan")]]), [], torch.float16, "stem")

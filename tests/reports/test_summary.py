@@ -50,3 +50,27 @@ def test_summary_of_a_finetune_sweep(tmp_path: Path) -> None:
     for _, _, pretrained, random_init in settings:
         assert str(pretrained) in text and str(random_init) in text
     assert (tmp_path / "summary_figures" / "finetune_label_fraction.png").stat().st_size > 1000
+
+
+def test_label_fraction_lines_do_not_join_different_tasks(tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    from selfsup.reports import plots
+
+    drawn: dict = {}
+    monkeypatch.setattr(plots, "lines", lambda points, out, *a, **k: drawn.update(points) or out)
+    for i, (task, fraction) in enumerate(
+        [("rotnet", 0.01), ("rotnet", 0.1), ("jigsaw", 0.01), ("jigsaw", 0.1)]
+    ):
+        job = tmp_path / f"{i}_job"
+        (job / ".hydra").mkdir(parents=True)
+        overrides = [f"task={task}", f"eval.finetune.label_fraction={fraction}", "+encoders.mine=/x"]
+        hydra = {"hydra": {"runtime": {"choices": {"task": task}}, "overrides": {"task": overrides}}}
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+        (job / "metrics.json").write_text(json.dumps(finetune_metrics(fraction, None, 40.0 + i, 30.0)))
+    summarize(tmp_path)
+    lines = {name: sorted(points) for name, points in drawn.items() if name.startswith("pretrained")}
+    assert lines == {
+        "pretrained, frozen until nothing (jigsaw)": [(0.01, 42.0), (0.1, 43.0)],
+        "pretrained, frozen until nothing (rotnet)": [(0.01, 40.0), (0.1, 41.0)],
+    }

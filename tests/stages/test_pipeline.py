@@ -121,13 +121,47 @@ def test_embeddings_file_and_map(make_cfg, tmp_path: Path) -> None:
     assert Path(results["figure"]).is_file()
 
 
-def test_probe_layers_are_checked_against_the_encoder_before_pretraining(make_cfg, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["encoder=vit_tiny", "eval.linear_probe.layers=[stage3]"],
+            r"'eval.linear_probe.layers'.*unknown layer.*block12",
+        ),
+        (
+            ["encoder=vit_tiny", "eval.linear_probe.layers=[pooled]", "eval.knn.layer=stage3"],
+            r"'eval.knn.layer'.*unknown layer",
+        ),
+        (["eval.knn.temperature=0"], r"'eval.knn.temperature': must be a positive number"),
+        (
+            ["encoder=vit_tiny", "+data@downstream=synthetic", "downstream.image_size=40"],
+            r"'downstream.image_size'.*40 px is not a multiple of the ViT's patch size 16",
+        ),
+    ],
+    ids=["probe-layer", "knn-layer", "knn-temperature", "downstream-size"],
+)
+def test_eval_settings_are_checked_against_the_encoder_before_pretraining(
+    make_cfg, tmp_path: Path, overrides: list[str], message: str
+) -> None:
     from selfsup.errors import ConfigError
 
-    cfg = make_cfg([*FAST, "encoder=vit_tiny", "eval.linear_probe.layers=[stage3]"], config_name="pipeline")
-    with pytest.raises(ConfigError, match=r"'eval.linear_probe.layers'.*unknown layer.*block12"):
+    cfg = make_cfg([*FAST, *overrides], config_name="pipeline")
+    with pytest.raises(ConfigError, match=message):
         run(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists(), "the error comes before any training"
+
+
+def test_under_ddp_only_rank_zero_evaluates(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    import selfsup.stages.pipeline as pipeline
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monkeypatch.setattr(pipeline, "evaluate_frozen", lambda *a, **k: pytest.fail("rank 1 evaluated"))
+    metrics = run(make_cfg([*FAST, *PROBE], config_name="pipeline"))
+    assert set(metrics) == {"pretrain"} and not (tmp_path / "run" / "report.md").exists()
 
 
 def test_probe_of_a_missing_export_is_named(make_cfg, tmp_path: Path) -> None:

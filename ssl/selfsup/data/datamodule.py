@@ -103,6 +103,25 @@ class ImageDataModule(pl.LightningDataModule):
                 )
         return self._sources[split]
 
+    def classes(self) -> list[str]:
+        """The class names of the labeled ``train`` and ``test`` splits, which must be the same list.
+
+        Folder sources number classes per split (sorted folder names), so a class missing from one
+        split would silently shift every later label; this refuses such data instead.
+        """
+        train, test = list(self.source("train").classes or []), list(self.source("test").classes or [])
+        if train != test:
+            only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+            detail = (
+                f"only in train: {only_train}, only in test: {only_test}"
+                if only_train or only_test
+                else "same names in another order"
+            )
+            raise DataError(
+                f"the train and test splits have different classes ({detail}); labels would not match"
+            )
+        return train
+
     def input_spec(self) -> dict[str, Any]:
         """What an encoder trained on this data expects; saved next to exported weights."""
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}

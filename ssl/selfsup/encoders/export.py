@@ -12,6 +12,7 @@ downstream stages preprocess exactly as pretraining did; ``meta`` says where it 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ def save(
     directory.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share memory or are not contiguous.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
-    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    # Temporary names are per process: DDP ranks (or two jobs) saving the same export never collide.
+    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
     save_file(state, str(weights_tmp), metadata={"format_version": str(FORMAT_VERSION)})
     os.replace(weights_tmp, directory / WEIGHTS_FILE)
     doc = {
@@ -60,7 +62,7 @@ def save(
         "meta": dict(meta or {}),
         "weights_sha256": file_sha256(directory / WEIGHTS_FILE),
     }
-    config_tmp = directory / f".{CONFIG_FILE}.tmp"
+    config_tmp = directory / f".{CONFIG_FILE}.tmp-{os.getpid()}"
     config_tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     os.replace(config_tmp, directory / CONFIG_FILE)
     return directory
@@ -100,6 +102,21 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     state = load_file(str(weights), device=str(map_location))
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()
+
+
+def identity(path: str | os.PathLike[str]) -> str:
+    """What the features of an export depend on: its weights file's bytes and its architecture config.
+
+    Hashes the weights file itself rather than trusting the ``weights_sha256`` recorded in the yaml
+    (a weights file replaced by hand, or an interrupted save, must not match), and includes the
+    constructor config because options such as a ViT's ``pool`` change the features, not the weights.
+    """
+    directory = _export_dir(path)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise DataError(f"exported encoder at {directory} has no {WEIGHTS_FILE}")
+    architecture = json.dumps(read_spec(directory)["encoder"], sort_keys=True, default=str)
+    return hashlib.sha256(f"{file_sha256(weights)}|{architecture}".encode()).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

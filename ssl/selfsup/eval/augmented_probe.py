@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from selfsup.encoders.base import Encoder
-from selfsup.eval.features import pool_feature
+from selfsup.eval.features import pool_feature, pooled_by
 from selfsup.eval.linear_probe import MultiLayerProbe
 
 
@@ -72,7 +72,8 @@ class AugmentedProbe(pl.LightningModule):
     @torch.no_grad()
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) normalized images -> layer -> (B, D) pooled frozen features."""
-        maps = self.encoder.forward_features(images, self.layers)
+        with pooled_by(self.encoder, self.token_pool):
+            maps = self.encoder.forward_features(images, self.layers)
         prefix = getattr(self.encoder, "num_prefix_tokens", 1)
         return {
             layer: pool_feature(maps[layer], self.grids[layer], self.token_pool, prefix).float()

@@ -12,7 +12,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders.base import Encoder, feature_shapes
 
 log = logging.getLogger(__name__)
+
+# Part of every cache key: raise it when extraction or pooling changes, so that old files are not reused.
+FEATURES_VERSION = 2
 
 
 @dataclass
@@ -101,6 +105,31 @@ def pool_feature(
     raise ValueError(f"cannot pool a feature of shape {tuple(feature.shape)}")
 
 
+def resolve_token_pool(encoder: Encoder, token_pool: str | None) -> str:
+    """The token pooling of a probe: ``token_pool``, or with None the encoder's own (a ViT's ``pool``)."""
+    own = getattr(encoder, "pool", None)
+    return token_pool or (own if isinstance(own, str) else "cls")
+
+
+@contextmanager
+def pooled_by(encoder: Encoder, token_pool: str) -> Iterator[None]:
+    """Within the block, a token encoder's ``pooled`` output pools by ``token_pool`` too.
+
+    A ViT's ``pooled`` follows its constructor's ``pool``; a probe that asks for the class token (or
+    the mean token) must get it at every layer, ``pooled`` included. Encoders without token pooling
+    (a ResNet's ``pool`` is a module) are left alone.
+    """
+    own = getattr(encoder, "pool", None)
+    if not isinstance(own, str) or own == token_pool:
+        yield
+        return
+    encoder.pool = token_pool  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        encoder.pool = own  # type: ignore[assignment]
+
+
 @torch.inference_mode()
 def extract_features(
     encoder: Encoder,
@@ -108,7 +137,7 @@ def extract_features(
     split: str,
     layers: Sequence[str],
     grids: Mapping[str, int] | int = 1,
-    token_pool: str = "cls",
+    token_pool: str | None = None,
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
     dtype: torch.dtype = torch.float16,
@@ -121,7 +150,7 @@ def extract_features(
         split: ``train`` or ``test``.
         layers: feature names (``encoder.stage_names`` or ``pooled``).
         grids: pooling grid per layer, or one for all.
-        token_pool: ``cls`` or ``mean`` for token features.
+        token_pool: ``cls`` or ``mean`` for token features (``pooled`` included); None: the encoder's own.
         device: where the encoder runs.
         batch_size: images per forward pass (default: the datamodule's).
         dtype: storage type of the returned features.
@@ -133,17 +162,20 @@ def extract_features(
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     prefix = getattr(encoder, "num_prefix_tokens", 1)
+    token_pool = resolve_token_pool(encoder, token_pool)
     try:
-        for batch in datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size):
-            if batch["image"].shape[0] == 0:
-                continue
-            batch = datamodule.to_device(batch, device)
-            maps = encoder.forward_features(batch["image"], layers)
-            for name in layers:
-                grid = grids if isinstance(grids, int) else grids[name]
-                per_layer[name].append(pool_feature(maps[name], grid, token_pool, prefix).to(dtype).cpu())
-            labels.append(batch["label"].cpu())
-            indices.append(batch["index"].cpu())
+        with pooled_by(encoder, token_pool):
+            for batch in datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size):
+                if batch["image"].shape[0] == 0:
+                    continue
+                batch = datamodule.to_device(batch, device)
+                maps = encoder.forward_features(batch["image"], layers)
+                for name in layers:
+                    grid = grids if isinstance(grids, int) else grids[name]
+                    pooled = pool_feature(maps[name], grid, token_pool, prefix)
+                    per_layer[name].append(_store_as(pooled, per_layer[name], dtype, name).cpu())
+                labels.append(batch["label"].cpu())
+                indices.append(batch["index"].cpu())
     finally:
         encoder.train(was_training)
     if not labels:
@@ -151,6 +183,23 @@ def extract_features(
     return FeatureSet(
         {name: torch.cat(chunks) for name, chunks in per_layer.items()}, torch.cat(labels), torch.cat(indices)
     )
+
+
+def _store_as(pooled: Tensor, earlier: list[Tensor], dtype: torch.dtype, name: str) -> Tensor:
+    """``pooled`` (B, D) in the storage ``dtype``, or float32 for a layer whose values exceed its range.
+
+    Non-finite features mean a broken encoder and stop the extraction. Finite values too large for
+    float16 (possible in a deep, untrained network) would turn into inf: the layer is kept in float32
+    instead, its earlier chunks converted in place (losslessly, they were in range).
+    """
+    if not torch.isfinite(pooled).all():
+        raise RuntimeError(f"the encoder produced non-finite (nan or inf) features at layer '{name}'")
+    current = earlier[0].dtype if earlier else dtype
+    if current != torch.float32 and pooled.abs().amax() > torch.finfo(current).max:
+        log.warning("layer '%s': features exceed the %s range; kept in float32", name, current)
+        earlier[:] = [chunk.float() for chunk in earlier]
+        current = torch.float32
+    return pooled.to(current)
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -209,7 +258,7 @@ def cached_features(
     split: str,
     layers: Sequence[str],
     grids: Mapping[str, int] | int = 1,
-    token_pool: str = "cls",
+    token_pool: str | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[FeatureSet, bool]:
     """Features from the cache where present; the missing layers extracted in one pass and stored.
@@ -222,7 +271,9 @@ def cached_features(
     Returns:
         The features, and whether every layer came from the cache.
     """
+    token_pool = resolve_token_pool(encoder, token_pool)
     common = {
+        "version": FEATURES_VERSION,
         "encoder": encoder_id,
         "data": datamodule.source(split).fingerprint(),
         "split": split,

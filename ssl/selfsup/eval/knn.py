@@ -3,9 +3,12 @@
 Features are L2-normalized; each test image's k most cosine-similar training images vote for their
 class with weight ``exp(similarity / temperature)`` (DINO: k = 20 and 200, temperature 0.07). The
 similarity matrix is computed in chunks of test rows and training columns, keeping a running top-k,
-so memory stays bounded however large the sets are. Under DDP every rank's training features are
-gathered first (``gather_across_ranks``): each rank then votes over the whole training set, never a
-per-rank split of it.
+so memory stays bounded however large the sets are.
+
+Under DDP the vote must be over the whole training set, never a per-rank split of it. The pipeline
+guarantees this by evaluating on global rank 0 alone, over every training image; code that extracts
+features per rank (a data-parallel extraction, an online monitor) gathers them first with
+``gather_across_ranks``, after which every rank votes over all of them (tested with two processes).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ def gather_across_ranks(tensor: Tensor) -> Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
+    # NCCL moves only CUDA tensors: gather on this rank's GPU, return on the tensor's own device.
+    source_device = tensor.device
+    if dist.get_backend() == "nccl":
+        tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
     sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
     longest = int(max(s.item() for s in sizes))
@@ -38,7 +45,8 @@ def gather_across_ranks(tensor: Tensor) -> Tensor:
     padded[: tensor.shape[0]] = tensor
     chunks = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(chunks, padded)
-    return torch.cat([chunk[: int(size.item())] for chunk, size in zip(chunks, sizes, strict=True)])
+    gathered = torch.cat([chunk[: int(size.item())] for chunk, size in zip(chunks, sizes, strict=True)])
+    return gathered.to(source_device)
 
 
 def top_k_neighbours(queries: Tensor, keys: Tensor, k: int, key_chunk: int = 8192) -> tuple[Tensor, Tensor]:
@@ -91,6 +99,8 @@ def knn_classify(
     Returns:
         k -> (M,) predicted class indices.
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
     keys = F.normalize(train_features.float(), dim=1)
     queries = F.normalize(test_features.float(), dim=1)
     labels = train_labels.to(keys.device)
@@ -98,10 +108,13 @@ def knn_classify(
     predictions: dict[int, list[Tensor]] = {k: [] for k in ks}
     for start in range(0, queries.shape[0], query_chunk):
         sim, idx = top_k_neighbours(queries[start : start + query_chunk], keys, k_max, key_chunk)
-        weights = (sim / temperature).exp()
-        votes = F.one_hot(labels[idx], num_classes).float() * weights.unsqueeze(-1)  # (m, k_max, C)
+        weights, neighbour_labels = (sim / temperature).exp(), labels[idx]  # (m, k_max) each
         for k in ks:
-            predictions[k].append(votes[:, : min(k, k_max)].sum(dim=1).argmax(dim=1))
+            used = min(k, k_max)
+            # Class scores (m, C): each neighbour adds its weight to its class (no (m, k, C) one-hot).
+            scores = weights.new_zeros(weights.shape[0], num_classes)
+            scores.scatter_add_(1, neighbour_labels[:, :used], weights[:, :used])
+            predictions[k].append(scores.argmax(dim=1))
     return {k: torch.cat(chunks) for k, chunks in predictions.items()}
 
 

@@ -113,6 +113,13 @@ def summarize(sweep_dir: str | Path) -> Path | None:
         markdown_table(columns, [[r.get(c, "") for c in columns] for r in rows]),
         "",
     ]
+    if "probe_best" in columns:
+        parts += [
+            "`probe_best` is the test accuracy of each run's best probed layer (`probe_best_layer`), chosen on",
+            "the test split as in published per-layer tables; compare runs that probe the same layers, or by",
+            "a fixed `probe_<layer>` column.",
+            "",
+        ]
     for name, path in figures.items():
         parts += [f"## {name}", "", f"![{name}]({path.relative_to(sweep_dir)})", ""]
     out = sweep_dir / SUMMARY_FILE
@@ -133,10 +140,9 @@ def _figures(
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
         if isinstance(r.get("label_fraction"), (int, float)):
+            context = _series_context(r, rows)
             for key in (k for k in r if k.startswith("finetune_")):
-                setting = (
-                    f"{key.removeprefix('finetune_')}, frozen until {r.get('freeze_until') or 'nothing'}"
-                )
+                setting = f"{key.removeprefix('finetune_')}, frozen until {r.get('freeze_until') or 'nothing'}{context}"
                 points[setting].append((float(r["label_fraction"]), float(r[key])))
     if points:
         figures["fine-tuning by label fraction"] = plots.lines(
@@ -172,3 +178,21 @@ def main() -> None:
     if out is None:
         parser.exit(1, f"no runs with metrics.json under {args.sweep_dir}\n")
     print(out)
+
+
+def _series_context(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """What else distinguishes ``row``'s line in the label-fraction plot: the groups and overrides that
+    vary across the sweep, other than the plot's own axes (label fraction) and lines (freeze_until).
+
+    Without it, a sweep over, say, tasks x label fractions would join different tasks into one line.
+    """
+    # The plot's axes, and group choices (shown by name below).
+    axes = ("eval.finetune.label_fraction=", "eval.finetune.freeze_until=", *(f"{g}=" for g in GROUPS))
+
+    def tokens(r: dict[str, Any]) -> set[str]:
+        return {o for o in str(r.get("overrides") or "").split() if not o.startswith(axes)}
+
+    shared = set.intersection(*(tokens(r) for r in rows))
+    parts = [str(row.get(g)) for g in GROUPS if len({r.get(g) for r in rows}) > 1]
+    parts += sorted(tokens(row) - shared)
+    return f" ({', '.join(parts)})" if parts else ""

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from selfsup.config import check_complete, require_choice, require_positive_int, select
@@ -44,7 +45,14 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("layer", str(e)) from None
     grids = probe_grids(encoder, datamodule.image_size, [layer], cfg.pool_grid)
     features = extract_features(
-        encoder, datamodule, split, [layer], grids, cfg.token_pool, resolve_device(cfg.device)
+        encoder,
+        datamodule,
+        split,
+        [layer],
+        grids,
+        cfg.token_pool,
+        resolve_device(cfg.device),
+        dtype=torch.float32,
     )
     source = datamodule.source(split)
     assert features.indices is not None

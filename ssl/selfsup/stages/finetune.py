@@ -120,13 +120,8 @@ def finetune_encoders(
         learning rate of each stage, the number of labeled training images, steps and time.
     """
     cfg = finetune_cfg
-    train_source, test_source = datamodule.source("train"), datamodule.source("test")
-    classes = list(train_source.classes or [])
-    if list(test_source.classes or []) != classes:
-        raise ConfigError(
-            "data.test",
-            f"the test split's classes {test_source.classes} differ from the train split's {classes}",
-        )
+    train_source = datamodule.source("train")
+    classes = datamodule.classes()
     freeze_until = cfg.freeze_until
     check_encoders(encoders, freeze_until, datamodule.image_size)
     batch_size = int(cfg.batch_size or datamodule.batch_size)

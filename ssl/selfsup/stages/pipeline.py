@@ -15,9 +15,12 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+from selfsup.config import select
+from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import project_2d, subsample
 from selfsup.reports import plots
 from selfsup.reports.report import FIGURES_DIR, write_report
@@ -96,12 +99,17 @@ def downstream_key(cfg: DictConfig) -> str:
 
 
 def check_eval_against_encoder(cfg: DictConfig) -> None:
-    """Probe layers and ``freeze_until`` name stages of the encoder about to be pretrained.
+    """The evaluation images fit, and probe layers and ``freeze_until`` name stages of, the encoder about to be pretrained.
 
     Checked on a freshly built encoder before pretraining, so that a layer name from another encoder
     family (``stage3`` for a ViT) fails in a second rather than after the whole pretraining run.
     """
     encoder = build_encoder(cfg, check_image_size=False)
+    key = downstream_key(cfg)
+    try:
+        encoder.check_image_size(int(select(cfg, f"{key}.image_size")))
+    except ValueError as e:
+        raise ConfigError(f"{key}.image_size", f"the evaluation images do not fit the encoder: {e}") from None
     if cfg.eval.get("linear_probe") is not None:
         resolve_layers(cfg.eval.linear_probe.layers, encoder)
     if cfg.eval.get("knn") is not None:
@@ -124,10 +132,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_eval_config(cfg)
     check_eval_against_encoder(cfg)
     key = downstream_key(cfg)
-    build_datamodule(
-        cfg, ["train", "test"], key
-    )  # fail now, not after pretraining, if labeled data is missing
+    # Fail now, not after pretraining, if labeled data is missing or its splits disagree on the classes.
+    build_datamodule(cfg, ["train", "test"], key).classes()
     metrics: dict[str, Any] = {"pretrain": pretrain(cfg)}
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        # Under DDP every rank runs this function and only rank 0 exported the encoder. Rank 0
+        # evaluates alone, over the whole data (kNN votes over every training image), and writes the
+        # reports; the other ranks are done.
+        return metrics
     datamodule = build_datamodule(cfg, ["train", "test"], key)
     encoders = {"pretrained": run_dir / ENCODER_DIR, "random_init": run_dir / INIT_ENCODER_DIR}
     results, features = evaluate_frozen(encoders, datamodule, cfg.eval, cfg.paths.cache_dir)

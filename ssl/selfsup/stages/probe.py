@@ -22,7 +22,7 @@ from selfsup.encoders import export
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
 from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
-from selfsup.eval.features import FeatureCache, FeatureSet, cached_features, probe_grids
+from selfsup.eval.features import FeatureCache, FeatureSet, cached_features, probe_grids, resolve_token_pool
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear_probe import fit_linear_probes
 from selfsup.stages.components import build_datamodule, resolve_device, setup_runtime
@@ -40,7 +40,8 @@ def check_eval_config(cfg: DictConfig) -> None:
         grid = select(cfg, "eval.linear_probe.pool_grid")
         if grid != "auto":
             require_positive_int(cfg, "eval.linear_probe.pool_grid")
-        require_choice(cfg, "eval.linear_probe.token_pool", ("cls", "mean"))
+        if select(cfg, "eval.linear_probe.token_pool") is not None:
+            require_choice(cfg, "eval.linear_probe.token_pool", ("cls", "mean"))
         require_choice(cfg, "eval.linear_probe.mode", ("cached", "augmented"))
         if not select(cfg, "eval.linear_probe.seeds"):
             raise ConfigError("eval.linear_probe.seeds", "needs at least one seed")
@@ -48,6 +49,9 @@ def check_eval_config(cfg: DictConfig) -> None:
         ks = select(cfg, "eval.knn.ks")
         if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
             raise ConfigError("eval.knn.ks", f"must be a list of positive integers, got {ks}")
+        temperature = select(cfg, "eval.knn.temperature")
+        if not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ConfigError("eval.knn.temperature", f"must be a positive number, got {temperature!r}")
 
 
 def resolve_layers(
@@ -95,7 +99,7 @@ def evaluate_frozen(
     probe_cfg, knn_cfg = eval_cfg.get("linear_probe"), eval_cfg.get("knn")
     use_cache = cache_dir is not None and (probe_cfg or knn_cfg or {}).get("cache", True)
     cache = FeatureCache(Path(cache_dir) / "features" if use_cache and cache_dir is not None else None)
-    num_classes = len(datamodule.source("train").classes or [])
+    num_classes = len(datamodule.classes())
     results: dict[str, Any] = {"num_classes": num_classes, "timing": {}}
     features: dict[str, tuple[FeatureSet, FeatureSet]] = {}
     if probe_cfg is not None:
@@ -109,6 +113,8 @@ def evaluate_frozen(
     for label, path in encoders.items():
         encoder = export.load(path)
         layers = resolve_layers(probe_cfg.layers, encoder) if probe_cfg is not None else []
+        if knn_cfg is not None:
+            resolve_layers([knn_cfg.layer], encoder, key="eval.knn.layer")
         augmented = probe_cfg is not None and probe_cfg.get("mode", "cached") == "augmented"
         knn_layers = [knn_cfg.layer] if knn_cfg is not None else []
         wanted = list(dict.fromkeys([*([] if augmented else layers), *knn_layers]))
@@ -156,9 +162,9 @@ def _features(
 ) -> tuple[FeatureSet, FeatureSet]:
     """Train and test features of one exported encoder, from the cache when it has them."""
     probe_cfg = eval_cfg.get("linear_probe") or {}
-    token_pool = str(probe_cfg.get("token_pool", "cls"))
+    token_pool = probe_cfg.get("token_pool")
     device = resolve_device(probe_cfg.get("device", "auto"))
-    weights_id = export.read_spec(path).get("weights_sha256", str(path))
+    weights_id = export.identity(path)
     sets, hits = [], []
     for split in ("train", "test"):
         features, hit = cached_features(
@@ -215,7 +221,7 @@ def _augmented_probe(
     probe_cfg: DictConfig,
 ) -> dict[str, Any]:
     """Probes trained on augmented images through the frozen encoder, one Lightning run per seed."""
-    token_pool = str(probe_cfg.token_pool)
+    token_pool = resolve_token_pool(encoder, probe_cfg.get("token_pool"))
     dims = dims_of(encoder, datamodule.image_size, layers, grids, token_pool)
     runs = []
     for seed in probe_cfg.seeds:
