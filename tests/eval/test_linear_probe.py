@@ -11,7 +11,7 @@ from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.synthetic import synthetic
 from selfsup.encoders import ResNetEncoder
 from selfsup.eval.features import FeatureSet, auto_grid, extract_features, probe_grids
-from selfsup.eval.linear_probe import LinearProbe, MultiLayerProbe, fit_linear_probes
+from selfsup.eval.linear_probe import LinearProbe, MultiLayerProbe, fit_linear_probes, probe_optimizer
 
 
 def test_probe_is_linear_with_a_parameter_free_norm() -> None:
@@ -63,13 +63,25 @@ def _blobs(n: int, seed: int, offset: float = 100.0) -> tuple[torch.Tensor, torc
     return centres[labels] + torch.randn(n, 10, generator=g) + offset, labels  # the norm removes the offset
 
 
-def test_probes_learn_separable_features_per_layer() -> None:
+@pytest.mark.parametrize(("optimizer", "lr"), [("adamw", 1e-2), ("sgd", 0.1)])
+def test_probes_learn_separable_features_per_layer(optimizer: str, lr: float) -> None:
     (x, y), (xt, yt) = _blobs(400, 0), _blobs(200, 1)
     noise = torch.randn(400, 10)
     train = FeatureSet({"good": x.half(), "noise": noise.half()}, y)
     test = FeatureSet({"good": xt.half(), "noise": torch.randn(200, 10).half()}, yt)
-    accuracy = fit_linear_probes(train, test, num_classes=4, epochs=20, batch_size=64, lr=1e-2)
+    accuracy = fit_linear_probes(
+        train, test, num_classes=4, epochs=20, batch_size=64, lr=lr, optimizer=optimizer
+    )
     assert accuracy["good"] > 95 and accuracy["noise"] < 50
+
+
+def test_sgd_probe_uses_momentum_and_l2_decay() -> None:
+    optimizer = probe_optimizer(MultiLayerProbe({"a": 4}, 2).parameters(), "sgd", 0.01, 5e-4)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 5e-4, True)
+    with pytest.raises(ValueError, match=r"adamw.*sgd.*got 'lars'"):
+        probe_optimizer([], "lars", 0.1, 0.0)
 
 
 def test_heads_trained_together_equal_heads_trained_alone() -> None:

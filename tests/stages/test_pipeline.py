@@ -134,11 +134,15 @@ def test_embeddings_file_and_map(make_cfg, tmp_path: Path) -> None:
         ),
         (["eval.knn.temperature=0"], r"'eval.knn.temperature': must be a positive number"),
         (
+            ["eval.linear_probe.optimizer=lars"],
+            r"'eval.linear_probe.optimizer': must be one of \['adamw', 'sgd'\]",
+        ),
+        (
             ["encoder=vit_tiny", "+data@downstream=synthetic", "downstream.image_size=40"],
             r"'downstream.image_size'.*40 px is not a multiple of the ViT's patch size 16",
         ),
     ],
-    ids=["probe-layer", "knn-layer", "knn-temperature", "downstream-size"],
+    ids=["probe-layer", "knn-layer", "knn-temperature", "probe-optimizer", "downstream-size"],
 )
 def test_eval_settings_are_checked_against_the_encoder_before_pretraining(
     make_cfg, tmp_path: Path, overrides: list[str], message: str

@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from selfsup.encoders.base import Encoder
 from selfsup.eval.features import pool_feature, pooled_by
-from selfsup.eval.linear_probe import MultiLayerProbe
+from selfsup.eval.linear_probe import MultiLayerProbe, probe_optimizer
 
 
 class AugmentedProbe(pl.LightningModule):
@@ -32,10 +32,11 @@ class AugmentedProbe(pl.LightningModule):
         grids: layer -> pooling grid.
         num_classes: output classes.
         token_pool: ``cls`` or ``mean`` for token features.
-        lr: peak AdamW learning rate, cosine-decayed over the run.
-        weight_decay: AdamW's decoupled weight decay.
+        lr: peak learning rate, cosine-decayed over the run.
+        weight_decay: the optimizer's weight decay.
         prepare_batch: turns a transferred batch's uint8 images into normalized floats (the
             DataModule's ``prepare_batch``); None when batches arrive normalized.
+        optimizer: ``adamw`` or ``sgd`` (``selfsup.eval.linear_probe.probe_optimizer``).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class AugmentedProbe(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 5e-4,
         prepare_batch: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        optimizer: str = "adamw",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "prepare_batch"])
@@ -58,7 +60,7 @@ class AugmentedProbe(pl.LightningModule):
         self.accuracy = nn.ModuleDict(
             {layer: MulticlassAccuracy(num_classes, average="micro") for layer in dims}
         )
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.optimizer = lr, weight_decay, optimizer
 
     def train(self, mode: bool = True) -> AugmentedProbe:
         """Lightning switches modules to train mode every epoch; the encoder stays in eval mode."""
@@ -100,7 +102,7 @@ class AugmentedProbe(pl.LightningModule):
             metric.reset()
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = probe_optimizer(self.probe.parameters(), self.optimizer, self.lr, self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))

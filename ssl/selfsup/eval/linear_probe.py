@@ -9,7 +9,7 @@ together in one pass over the data (the multi-layer protocol of Goyal et al. 201
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,22 @@ class MultiLayerProbe(nn.Module):
         return sum((F.cross_entropy(logits, labels) for logits in self(features).values()), torch.zeros(()))
 
 
+PROBE_OPTIMIZERS = ("adamw", "sgd")
+
+
+def probe_optimizer(
+    params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """The probes' optimizer: ``adamw`` (decoupled weight decay), or ``sgd`` with momentum and L2 weight
+    decay, the optimizer of Goyal et al. 2019 and VISSL's linear evaluation (lr 0.01 per 256 images,
+    momentum 0.9, weight decay 5e-4), for numbers comparable with their tables."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    raise ValueError(f"probe optimizer must be one of {list(PROBE_OPTIMIZERS)}, got {name!r}")
+
+
 @torch.no_grad()
 def top1_per_layer(
     probe: MultiLayerProbe, data: FeatureSet, batch_size: int = 4096, device: torch.device | str = "cpu"
@@ -83,8 +99,9 @@ def fit_linear_probes(
     weight_decay: float = 5e-4,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    optimizer: str = "adamw",
 ) -> dict[str, float]:
-    """Train one probe per layer of ``train`` with AdamW and a cosine schedule; test top-1 per layer.
+    """Train one probe per layer of ``train`` with a cosine schedule; test top-1 per layer.
 
     The features are already in memory, so this is a plain loop over index batches: a Lightning
     Trainer would add more per-step overhead than the linear layers themselves cost.
@@ -96,9 +113,10 @@ def fit_linear_probes(
         epochs: passes over the training features.
         batch_size: features per step.
         lr: peak learning rate (cosine decay to zero over all steps).
-        weight_decay: AdamW's decoupled weight decay (the BatchNorm has no parameters to decay).
+        weight_decay: AdamW's decoupled or SGD's L2 weight decay (the BatchNorm has no parameters).
         seed: initialization and batch order.
         device: where to train.
+        optimizer: ``adamw`` or ``sgd`` (:func:`probe_optimizer`).
 
     Returns:
         layer -> test top-1 accuracy in percent.
@@ -109,12 +127,10 @@ def fit_linear_probes(
     probe = MultiLayerProbe({layer: t.shape[1] for layer, t in train.features.items()}, num_classes).to(
         device
     )
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = probe_optimizer(probe.parameters(), optimizer, lr, weight_decay)
     steps_per_epoch = max(1, len(train) // batch_size)  # full batches only (BatchNorm needs 2+ samples)
     total = epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     features = {layer: t.to(device) for layer, t in train.features.items()}
     labels = train.labels.to(device)
     for _ in range(epochs):
@@ -123,8 +139,8 @@ def fit_linear_probes(
         for i in range(steps_per_epoch):
             idx = order[i * batch_size : (i + 1) * batch_size]
             loss = probe.loss({layer: t[idx] for layer, t in features.items()}, labels[idx])
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            opt.step()
             scheduler.step()
     return top1_per_layer(probe, test, device=device)

@@ -24,7 +24,7 @@ from selfsup.errors import ConfigError
 from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
 from selfsup.eval.features import FeatureCache, FeatureSet, cached_features, probe_grids, resolve_token_pool
 from selfsup.eval.knn import knn_accuracy
-from selfsup.eval.linear_probe import fit_linear_probes
+from selfsup.eval.linear_probe import PROBE_OPTIMIZERS, fit_linear_probes
 from selfsup.stages.components import build_datamodule, resolve_device, setup_runtime
 from selfsup.stages.run_dir import update_metrics
 
@@ -43,6 +43,7 @@ def check_eval_config(cfg: DictConfig) -> None:
         if select(cfg, "eval.linear_probe.token_pool") is not None:
             require_choice(cfg, "eval.linear_probe.token_pool", ("cls", "mean"))
         require_choice(cfg, "eval.linear_probe.mode", ("cached", "augmented"))
+        require_choice(cfg, "eval.linear_probe.optimizer", PROBE_OPTIMIZERS)
         if not select(cfg, "eval.linear_probe.seeds"):
             raise ConfigError("eval.linear_probe.seeds", "needs at least one seed")
     if cfg.eval.get("knn") is not None:
@@ -197,6 +198,7 @@ def _probe(
             batch_size=int(probe_cfg.batch_size),
             lr=float(probe_cfg.lr),
             weight_decay=float(probe_cfg.weight_decay),
+            optimizer=str(probe_cfg.get("optimizer", "adamw")),
             seed=seed,
             device=device,
         )
@@ -235,6 +237,7 @@ def _augmented_probe(
             float(probe_cfg.lr),
             float(probe_cfg.weight_decay),
             datamodule.prepare_batch,
+            str(probe_cfg.get("optimizer", "adamw")),
         )
         device = resolve_device(probe_cfg.get("device"))
         trainer = pl.Trainer(
