@@ -166,7 +166,7 @@ class FineTuner(pl.LightningModule):
         num_classes: int,
         freeze_until: str | None = None,
         head_lr: float = 1e-3,
-        encoder_lr: float = 1e-4,
+        encoder_lr: float = 1e-3,
         layer_decay: float = 1.0,
         weight_decay: float = 0.05,
         no_decay_bias_and_norm: bool = True,
