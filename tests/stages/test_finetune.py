@@ -63,7 +63,7 @@ def test_transfer_to_other_classes_and_image_size(make_cfg, tmp_path: Path) -> N
     assert results["num_classes"] == 3 and results["image_size"] == 16
     assert 0 <= results["vit"]["top1_mean"] <= 100
     assert results["vit"]["stage_lr"]["patch_embed"] is None
-    assert results["vit"]["stage_lr"]["block2"] == pytest.approx(1e-4 * 0.65)
+    assert results["vit"]["stage_lr"]["block2"] == pytest.approx(1e-3 * 0.65)
 
 
 def test_unknown_stage_is_named_with_the_allowed_ones(make_cfg, tmp_path: Path, resnet_export: Path) -> None:

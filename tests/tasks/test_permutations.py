@@ -112,10 +112,8 @@ def test_damaged_cache_is_regenerated(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_thousand_of_nine_take_seconds() -> None:
-    import time
-
-    started = time.perf_counter()
+def test_the_papers_thousand_of_nine_are_far_apart() -> None:
+    # The paper's set size; how long it takes is measured by benchmarks, not asserted here.
     perms = select_permutations(1000, 9, "max_avg", seed=0)
-    assert time.perf_counter() - started < 60
+    assert len({tuple(p.tolist()) for p in perms}) == 1000
     assert hamming_stats(perms).mean > 8.0
