@@ -138,9 +138,8 @@ def _figures(
         figures[metric] = plots.comparison(rows, metric, varying, folder / f"{metric}.png")
     # The freeze-versus-fine-tune picture: accuracy against the label fraction, one line per setting.
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
+    for r, context in zip(rows, _series_contexts(rows, varying), strict=True):
         if isinstance(r.get("label_fraction"), (int, float)):
-            context = _series_context(r, rows)
             for key in (k for k in r if k.startswith("finetune_")):
                 setting = f"{key.removeprefix('finetune_')}, frozen until {r.get('freeze_until') or 'nothing'}{context}"
                 points[setting].append((float(r["label_fraction"]), float(r[key])))
@@ -180,19 +179,20 @@ def main() -> None:
     print(out)
 
 
-def _series_context(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """What else distinguishes ``row``'s line in the label-fraction plot: the groups and overrides that
-    vary across the sweep, other than the plot's own axes (label fraction) and lines (freeze_until).
+def _series_contexts(rows: list[dict[str, Any]], varying: list[str]) -> list[str]:
+    """What else distinguishes each row's line in the label-fraction plot: the groups (of ``varying``)
+    and overrides that vary across the sweep, other than the plot's own axes (label fraction) and lines
+    (freeze_until).
 
     Without it, a sweep over, say, tasks x label fractions would join different tasks into one line.
     """
     # The plot's axes, and group choices (shown by name below).
     axes = ("eval.finetune.label_fraction=", "eval.finetune.freeze_until=", *(f"{g}=" for g in GROUPS))
-
-    def tokens(r: dict[str, Any]) -> set[str]:
-        return {o for o in str(r.get("overrides") or "").split() if not o.startswith(axes)}
-
-    shared = set.intersection(*(tokens(r) for r in rows))
-    parts = [str(row.get(g)) for g in GROUPS if len({r.get(g) for r in rows}) > 1]
-    parts += sorted(tokens(row) - shared)
-    return f" ({', '.join(parts)})" if parts else ""
+    tokens = [{o for o in str(r.get("overrides") or "").split() if not o.startswith(axes)} for r in rows]
+    shared = set.intersection(*tokens)
+    groups = [g for g in varying if g in GROUPS]
+    contexts = []
+    for row, own in zip(rows, tokens, strict=True):
+        parts = [str(row.get(g)) for g in groups] + sorted(own - shared)
+        contexts.append(f" ({', '.join(parts)})" if parts else "")
+    return contexts

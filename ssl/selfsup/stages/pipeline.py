@@ -133,14 +133,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_eval_against_encoder(cfg)
     key = downstream_key(cfg)
     # Fail now, not after pretraining, if labeled data is missing or its splits disagree on the classes.
-    build_datamodule(cfg, ["train", "test"], key).classes()
+    datamodule = build_datamodule(cfg, ["train", "test"], key)
+    classes = datamodule.classes()
     metrics: dict[str, Any] = {"pretrain": pretrain(cfg)}
     if getattr(rank_zero_only, "rank", 0) != 0:
         # Under DDP every rank runs this function and only rank 0 exported the encoder. Rank 0
         # evaluates alone, over the whole data (kNN votes over every training image), and writes the
         # reports; the other ranks are done.
         return metrics
-    datamodule = build_datamodule(cfg, ["train", "test"], key)
     encoders = {"pretrained": run_dir / ENCODER_DIR, "random_init": run_dir / INIT_ENCODER_DIR}
     results, features = evaluate_frozen(encoders, datamodule, cfg.eval, cfg.paths.cache_dir)
     if "linear_probe" in results:
@@ -158,15 +158,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     metrics["total_time_s"] = round(seconds, 1)
     update_metrics(run_dir, "total_time_s", metrics["total_time_s"])
-    write_run_report(cfg, run_dir, metrics, features)
+    write_run_report(cfg, run_dir, metrics, features, classes)
     print_summary(metrics, run_dir, seconds, Console())
     return metrics
 
 
 def write_run_report(
-    cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], features: dict[str, Any]
+    cfg: DictConfig,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    features: dict[str, Any],
+    classes: list[str] | None = None,
 ) -> Path:
-    """Figures (probe accuracy per layer, training curves, a 2-D map of the embeddings) and report.md."""
+    """Figures (probe accuracy per layer, training curves, a 2-D map of the embeddings) and report.md.
+
+    ``classes`` names the labels of the embedding map's legend.
+    """
     folder = run_dir / FIGURES_DIR
     figures: dict[str, Path | None] = {}
     if "linear_probe" in metrics:
@@ -181,7 +188,6 @@ def write_run_report(
         keep = subsample(len(test), int(report_cfg.get("max_points", 1000)), int(cfg.seed))
         points = project_2d(test.features[layer].float().numpy()[keep], method, int(cfg.seed))
         title = f"{method} of the pretrained encoder's {layer} features ({len(keep)} test images)"
-        classes = build_datamodule(cfg, ["test"], downstream_key(cfg)).source("test").classes
         figures[f"embeddings ({method})"] = plots.embedding(
             points, test.labels.numpy()[keep], classes, folder / f"embedding_{method}.png", title
         )
