@@ -15,8 +15,8 @@ from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import PROJECTIONS, project_2d, save_embeddings, subsample
 from selfsup.eval.features import extract_features, probe_grids
 from selfsup.reports import plots
+from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, resolve_device, setup_runtime
-from selfsup.stages.run_dir import update_metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,6 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
             points, features.labels.numpy()[keep], source.classes, run_dir / f"embedding_{method}.png", title
         )
         results["figure"] = str(figure)
-    update_metrics(run_dir, "embeddings", results)
+    RunDir.default(run_dir).update_metrics("embeddings", results)
     log.info("embeddings of %d images written to %s", len(features), out)
     return results

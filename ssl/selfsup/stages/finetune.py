@@ -28,9 +28,9 @@ from selfsup.encoders import export
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
 from selfsup.eval.finetune import FineTuner, LabeledSplits, frozen_stages
+from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, setup_runtime
 from selfsup.stages.probe import summarize
-from selfsup.stages.run_dir import update_metrics
 from selfsup.training.optim import LR_SCALING, derived_lr
 
 log = logging.getLogger(__name__)
@@ -247,5 +247,5 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg, ["train", "test"])
     results = finetune_encoders(encoders, datamodule, cfg.eval.finetune, cfg.paths.run_dir)
-    update_metrics(cfg.paths.run_dir, "finetune", results)
+    RunDir.default(cfg.paths.run_dir).update_metrics("finetune", results)
     return results

@@ -24,10 +24,10 @@ from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import project_2d, subsample
 from selfsup.reports import plots
 from selfsup.reports.report import FIGURES_DIR, write_report
+from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, build_encoder
 from selfsup.stages.pretrain import ENCODER_DIR, INIT_ENCODER_DIR, pretrain
 from selfsup.stages.probe import check_eval_config, evaluate_frozen, resolve_layers
-from selfsup.stages.run_dir import update_metrics
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +148,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for section in ("linear_probe", "knn"):
         if section in results:
             metrics[section] = results[section]
-            update_metrics(run_dir, section, results[section])
-    update_metrics(run_dir, "eval_timing", results["timing"])
+            RunDir.default(run_dir).update_metrics(section, results[section])
+    RunDir.default(run_dir).update_metrics("eval_timing", results["timing"])
     if cfg.eval.get("finetune") is not None:
         from selfsup.stages.finetune import finetune_encoders
 
         metrics["finetune"] = finetune_encoders(encoders, datamodule, cfg.eval.finetune, run_dir)
-        update_metrics(run_dir, "finetune", metrics["finetune"])
+        RunDir.default(run_dir).update_metrics("finetune", metrics["finetune"])
     seconds = time.perf_counter() - started
     metrics["total_time_s"] = round(seconds, 1)
-    update_metrics(run_dir, "total_time_s", metrics["total_time_s"])
+    RunDir.default(run_dir).update_metrics("total_time_s", metrics["total_time_s"])
     write_run_report(cfg, run_dir, metrics, features, classes)
     print_summary(metrics, run_dir, seconds, Console())
     return metrics

@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup.config import check_complete, check_training
 from selfsup.encoders import export
 from selfsup.errors import ConfigError
+from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
-from selfsup.stages.run_dir import update_metrics
 from selfsup.training.callbacks import Throughput
 from selfsup.training.trainer import build_trainer
 
@@ -104,5 +104,5 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
                 len(datamodule.bad_images),
                 run_dir / "bad_images.txt",
             )
-        update_metrics(run_dir, "pretrain", results)
+        RunDir.default(run_dir).update_metrics("pretrain", results)
     return results

@@ -25,8 +25,8 @@ from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
 from selfsup.eval.features import FeatureCache, FeatureSet, cached_features, probe_grids, resolve_token_pool
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear_probe import PROBE_OPTIMIZERS, fit_linear_probes
+from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, resolve_device, setup_runtime
-from selfsup.stages.run_dir import update_metrics
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,6 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     results, _ = evaluate_frozen(encoders, datamodule, cfg.eval, cfg.paths.cache_dir)
     for section in ("linear_probe", "knn"):
         if section in results:
-            update_metrics(cfg.paths.run_dir, section, results[section])
-    update_metrics(cfg.paths.run_dir, "eval_timing", results["timing"])
+            RunDir.default(cfg.paths.run_dir).update_metrics(section, results[section])
+    RunDir.default(cfg.paths.run_dir).update_metrics("eval_timing", results["timing"])
     return results
