@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -14,6 +15,63 @@ from torch.optim import Optimizer
 log = logging.getLogger(__name__)
 
 LR_SCALING = ("none", "linear", "sqrt")
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """How a pretext task is optimized: one ``conf/optim/*.yaml``, built once (the yaml owns the values).
+
+    Attributes:
+        optimizer: ``factory(param_groups, lr=...)``, e.g. the yaml's ``_partial_`` AdamW.
+        lr: base learning rate; the rate used is :meth:`lr_for` the effective batch.
+        lr_scaling: ``none``, ``linear`` or ``sqrt`` (:func:`derived_lr`).
+        reference_batch: the batch size ``lr`` is given for.
+        weight_decay: for weights.
+        no_decay_bias_and_norm: exempt biases, norm parameters and the parameters encoders and heads
+            name in ``no_weight_decay()`` (false: decay everything, as RotNet's official code does).
+    """
+
+    optimizer: Callable[..., Optimizer]
+    lr: float
+    lr_scaling: str
+    reference_batch: int
+    weight_decay: float
+    no_decay_bias_and_norm: bool
+
+    def __post_init__(self) -> None:
+        if self.lr_scaling not in LR_SCALING:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALING}, got {self.lr_scaling!r}")
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> OptimSettings:
+        """From an ``optim`` config (its ``optimizer`` node instantiated or not); every key is required."""
+        from hydra.utils import instantiate
+
+        factory = node["optimizer"]
+        if not callable(factory):
+            factory = instantiate(factory)
+        return cls(
+            optimizer=factory,
+            lr=float(node["lr"]),
+            lr_scaling=str(node["lr_scaling"]),
+            reference_batch=int(node["reference_batch"]),
+            weight_decay=float(node["weight_decay"]),
+            no_decay_bias_and_norm=bool(node["no_decay_bias_and_norm"]),
+        )
+
+    @classmethod
+    def shipped(cls, name: str = "adamw") -> OptimSettings:
+        """The settings of the shipped ``conf/optim/<name>.yaml`` (what ``optim=<name>`` selects)."""
+        from importlib.resources import files
+
+        from omegaconf import OmegaConf
+
+        text = files("selfsup.conf").joinpath("optim", f"{name}.yaml").read_text()
+        return cls.from_config(OmegaConf.create(text))
+
+    def lr_for(self, effective_batch: int) -> float:
+        """The learning rate used at ``effective_batch`` images per optimizer step."""
+        return derived_lr(self.lr, self.lr_scaling, effective_batch, self.reference_batch)
 
 
 def derived_lr(base_lr: float, scaling: str, effective_batch: int, reference_batch: int = 256) -> float:
