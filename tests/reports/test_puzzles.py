@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from selfsup.reports.puzzles import RIGHT, WRONG, arrange_tiles, display_range, save_puzzle_grid
@@ -42,5 +44,23 @@ def test_grid_image_is_written(tmp_path: Path) -> None:
     assert path == tmp_path / "sub" / "puzzles.png"
     with Image.open(path) as image:
         width, height = image.size
-    assert width > 300 and height > 3 * 150  # one row of three panels per puzzle
-    assert not list(path.parent.glob(".*.tmp"))
+    assert (width, height) == (750, 3 * 270)  # 7.5 in wide, one 2.7 in row per puzzle, 100 dpi
+    assert [p.name for p in path.parent.iterdir()] == ["puzzles.png"]  # no temporary file left
+
+
+def test_a_failing_writer_leaves_the_old_picture_and_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "puzzles.png"
+    path.write_bytes(b"old picture")
+
+    def half_written(self: Figure, fname: Path, **kwargs: object) -> None:
+        Path(fname).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", half_written)
+    order = torch.arange(4).view(1, 4)
+    with pytest.raises(OSError, match="disk full"):
+        save_puzzle_grid(path, torch.randn(1, 4, 3, 6, 6), order, order, grid_size=2)
+    assert path.read_bytes() == b"old picture"
+    assert [p.name for p in tmp_path.iterdir()] == ["puzzles.png"]

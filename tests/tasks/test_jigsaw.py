@@ -8,24 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from selfsup.encoders import ResNetEncoder, ViTEncoder, load
 from selfsup.errors import ConfigError
+from selfsup.reports.puzzles import PuzzleGrid, draw_puzzles
+from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_encoder, build_task
 from selfsup.stages.pretrain import pretrain
-from selfsup.tasks.jigsaw import (
-    PUZZLE_IMAGE,
-    Jigsaw,
-    PuzzleGeometry,
-    Puzzles,
-    make_puzzles,
-    standardize_tiles,
-)
-from selfsup.tasks.permutations import permutation_set
+from selfsup.tasks.jigsaw import Jigsaw, Puzzles, make_puzzles
+from selfsup.tasks.patches import PuzzleGeometry
+from selfsup.tasks.permutations import hamming_stats, permutation_set
 from tests.conftest import FAST
 
 GEOMETRY = PuzzleGeometry(grid_size=3, cell_size=12, tile_size=9)
-SMALL_HEAD = {"num_permutations": 10, "tile_dim": 16, "head_hidden_dims": [32]}
+SMALL_HEAD = {"num_permutations": 10, "tile_dim": 16, "head_hidden_dims": [32], "permutation_cache": None}
 
 
 def tiny_vit() -> ViTEncoder:
@@ -43,17 +40,6 @@ def cell_crop(image: torch.Tensor, origin: torch.Tensor, offset: torch.Tensor, c
     top = int(origin[0]) + row * GEOMETRY.cell_size + int(offset[0])
     left = int(origin[1]) + col * GEOMETRY.cell_size + int(offset[1])
     return image[:, top : top + GEOMETRY.tile_size, left : left + GEOMETRY.tile_size]
-
-
-def test_paper_geometry_and_its_scaled_versions() -> None:
-    assert PuzzleGeometry.fit(225) == PuzzleGeometry(3, 75, 64)
-    assert PuzzleGeometry.fit(225).window_size == 225
-    assert PuzzleGeometry.fit(96) == PuzzleGeometry(3, 32, 27)
-    assert PuzzleGeometry.fit(96, tile_size=28) == PuzzleGeometry(3, 32, 28)
-    with pytest.raises(ValueError, match="tile_size must be between"):
-        PuzzleGeometry(3, 10, 11)
-    with pytest.raises(ValueError, match=r"raise data\.image_size"):
-        PuzzleGeometry(3, 75, 64).check(224)
 
 
 def test_tile_at_position_p_is_the_crop_of_cell_perm_p() -> None:
@@ -75,7 +61,9 @@ def test_tile_at_position_p_is_the_crop_of_cell_perm_p() -> None:
 
 
 def test_label_k_is_permutation_k_of_the_set(tmp_path: Path) -> None:
-    task = Jigsaw(tiny_vit(), image_size=36, tile_size=8, permutation_cache=str(tmp_path), **SMALL_HEAD)
+    task = Jigsaw(
+        tiny_vit(), image_size=36, tile_size=8, **{**SMALL_HEAD, "permutation_cache": str(tmp_path)}
+    )
     expected = permutation_set(10, 9, "max_avg", seed=0)
     assert torch.equal(task.permutations, expected)
     assert torch.equal(task.state_dict()["permutations"], expected)  # checkpoints keep the classes
@@ -133,14 +121,6 @@ def test_grayscale_puzzles_have_one_unshifted_channel() -> None:
     assert not torch.equal(colour.tiles[:, :, 0], colour.tiles[:, :, 1])
 
 
-def test_tiles_are_standardized_per_channel() -> None:
-    tiles = torch.randn(4, 9, 3, 8, 8) * 5 + 3
-    out = standardize_tiles(tiles)
-    torch.testing.assert_close(out.mean(dim=(-2, -1)), torch.zeros(4, 9, 3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.std(dim=(-2, -1)), torch.ones(4, 9, 3), atol=1e-4, rtol=0)
-    assert torch.equal(standardize_tiles(torch.full((1, 1, 3, 4, 4), 7.0)), torch.zeros(1, 1, 3, 4, 4))
-
-
 def test_head_receives_tiles_in_order() -> None:
     task = Jigsaw(ResNetEncoder(18, cifar_stem=True), image_size=36, **SMALL_HEAD).eval()
     seen: list[torch.Tensor] = []
@@ -171,6 +151,7 @@ def test_a_few_steps_reduce_the_loss() -> None:
         grayscale_fraction=0.0,
         tile_dim=32,
         head_hidden_dims=[64],
+        permutation_cache=None,
     )
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-3)
     losses = []
@@ -181,7 +162,24 @@ def test_a_few_steps_reduce_the_loss() -> None:
         optimizer.step()
         losses.append(out.loss.item())
     assert sum(losses[-3:]) < 0.6 * sum(losses[:3])
-    assert 0.0 <= out.metrics["jigsaw_acc"] <= 1.0 and 0.0 <= out.metrics["tile_acc"] <= 1.0
+
+
+def test_accuracies_count_right_puzzles_and_right_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = Jigsaw(tiny_vit(), image_size=36, tile_size=8, **SMALL_HEAD)
+    perms = task.permutations
+    labels, predicted = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 5, 6])
+    tiles = torch.randn(4, 9, 3, 8, 8)
+    puzzles = Puzzles(tiles, labels, perms[labels], torch.zeros(4, 2), torch.zeros(4, 9, 2))
+    monkeypatch.setattr(task, "puzzles", lambda images: puzzles)
+    monkeypatch.setattr(task, "solve", lambda tiles: torch.nn.functional.one_hot(predicted, 10).float())
+    out = task.pretext_step(torch.randn(4, 3, 36, 36))
+    # Two of four puzzles right; a wrong permutation still places 9 - (Hamming distance) tiles right.
+    right_tiles = 9 + 9 + sum(9 - hamming_stats(perms[[p, q]]).min for p, q in [(5, 2), (6, 3)])
+    assert out.metrics["jigsaw_acc"].item() == 0.5
+    assert out.metrics["tile_acc"].item() == pytest.approx(right_tiles / 36)
+    assert out.loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(torch.nn.functional.one_hot(predicted, 10).float(), labels).item()
+    )
 
 
 def test_works_with_a_vit_on_tiles() -> None:
@@ -228,15 +226,36 @@ def test_pretraining_exports_a_tile_encoder_for_whole_images(make_cfg, tmp_path:
         ]
     )
     metrics = pretrain(cfg)
-    assert metrics["steps"] == 2 and 0.0 <= metrics["jigsaw_acc"] <= 1.0
-    run_dir = tmp_path / "run"
-    encoder = load(run_dir / "encoder")
+    # The logged accuracies are the last step's: over its 8 puzzles and their 72 tiles.
+    assert metrics["steps"] == 2
+    assert metrics["jigsaw_acc"] * 8 == pytest.approx(round(metrics["jigsaw_acc"] * 8), abs=1e-4)
+    assert metrics["tile_acc"] * 72 == pytest.approx(round(metrics["tile_acc"] * 72), abs=1e-3)
+    assert metrics["tile_acc"] >= metrics["jigsaw_acc"]  # a right puzzle has all its tiles right
+    run_dir = RunDir.default(tmp_path / "run")
+    encoder = load(run_dir.encoder)
     assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
-    assert (run_dir / PUZZLE_IMAGE).stat().st_size > 0
-    assert list((tmp_path / "cache" / "permutations").glob("max_avg_n9_count10_seed0.npy"))
+    with Image.open(run_dir.puzzles) as picture:  # drawn by PuzzleGrid: three rows of 2.7 in at 100 dpi
+        assert picture.size == (750, 3 * 270)
+    assert [p.name for p in (tmp_path / "cache" / "permutations").iterdir()] == [
+        "max_avg_n9_count10_seed0.npy"
+    ]
 
 
-def test_puzzles_are_drawn_on_demand(tmp_path: Path) -> None:
+def test_the_puzzle_picture_is_a_callback_of_the_task_only_when_asked_for() -> None:
+    task = Jigsaw(tiny_vit(), image_size=36, tile_size=8, **SMALL_HEAD, report_puzzles=3)
+    (callback,) = task.configure_callbacks()
+    assert isinstance(callback, PuzzleGrid) and callback.num_puzzles == 3
+    assert (
+        Jigsaw(tiny_vit(), image_size=36, tile_size=8, **SMALL_HEAD, report_puzzles=0).configure_callbacks()
+        == []
+    )
+
+
+def test_puzzles_are_drawn_in_eval_mode_and_the_mode_is_restored(tmp_path: Path) -> None:
     task = Jigsaw(tiny_vit(), image_size=36, tile_size=8, **SMALL_HEAD)
-    path = task.save_puzzles(torch.randn(5, 3, 36, 36), tmp_path / "p.png", num=2)
-    assert path.is_file() and task.training
+    modes: list[bool] = []
+    task.classifier.register_forward_hook(lambda module, inputs, output: modes.append(module.training))
+    path = draw_puzzles(task, torch.randn(2, 3, 36, 36), tmp_path / "p.png")
+    assert modes == [False] and task.training
+    with Image.open(path) as picture:
+        assert picture.size == (750, 2 * 270)

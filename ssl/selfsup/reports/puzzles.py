@@ -4,15 +4,25 @@ One row per puzzle, three panels: the tiles in the order the network saw them, t
 the predicted permutation says they came from (green frame: right cell, red: wrong), and the tiles
 placed by the true permutation (the original layout, with the gaps between tiles). It shows at a
 glance what the network is given (normalization, jitter, grayscale) and how well it solves puzzles.
+:class:`PuzzleGrid` draws it into ``<run dir>/puzzles.png`` when training ends.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor
+
+from selfsup.atomic import atomic_write
+from selfsup.modes import evaluating
+from selfsup.run_dir import RunDir
+
+log = logging.getLogger(__name__)
 
 RIGHT, WRONG, NEUTRAL = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1), (1.0, 1.0, 1.0)
 
@@ -103,13 +113,76 @@ def save_puzzle_grid(
             fontsize=7,
             va="top",
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
 
 
 def _order(order: Tensor) -> str:
     return " ".join(str(int(c)) for c in order)
+
+
+@runtime_checkable
+class SolvesPuzzles(Protocol):
+    """A task that makes and solves puzzles (Jigsaw)."""
+
+    permutations: Tensor  # (P, T) long: the permutation set, label k is row k
+    geometry: Any  # a PuzzleGeometry: the puzzles' grid_size
+
+    def puzzles(self, images: Tensor) -> Any:
+        """(B, 3, H, W) normalized images -> puzzles with ``tiles`` (B, T, C, t, t) and ``order`` (B, T)."""
+        ...
+
+    def solve(self, tiles: Tensor) -> Tensor:
+        """(B, T, C, t, t) tiles -> (B, P) permutation logits."""
+        ...
+
+
+def draw_puzzles(task: SolvesPuzzles, images: Tensor, path: str | os.PathLike[str]) -> Path:
+    """Make one puzzle per image, solve it in eval mode without gradients, and draw both to ``path``.
+
+    Args:
+        task: the puzzle task; its train/eval mode is restored afterwards.
+        images: (N, 3, H, W) normalized images on the task's device.
+        path: the png file to write.
+
+    Returns:
+        The written file.
+    """
+    with evaluating(task), torch.no_grad():  # type: ignore[type-var]
+        puzzles = task.puzzles(images)
+        predicted = task.solve(puzzles.tiles).argmax(dim=1)
+    return save_puzzle_grid(
+        path, puzzles.tiles, puzzles.order, task.permutations[predicted], task.geometry.grid_size
+    )
+
+
+class PuzzleGrid(pl.Callback):
+    """Draws ``num_puzzles`` puzzles into ``<run dir>/puzzles.png`` when training ends.
+
+    The puzzles are made from the first images of the last training batch, with the task's own
+    options (jitter, grayscale, normalization) and its global random state, and solved by the trained
+    network in eval mode. Only the global-zero process writes.
+
+    Args:
+        num_puzzles: rows of the picture, at most the batch size.
+    """
+
+    def __init__(self, num_puzzles: int) -> None:
+        if num_puzzles < 1:
+            raise ValueError(f"num_puzzles must be >= 1, got {num_puzzles}")
+        self.num_puzzles = num_puzzles
+        self._images: Tensor | None = None  # (N, 3, H, W): the latest non-empty batch's first images
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        images = batch["image"]
+        if images.shape[0] > 0:  # a batch whose images were all unreadable trains nothing
+            self._images = images[: self.num_puzzles].detach()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._images is None or not trainer.is_global_zero:
+            return
+        if not isinstance(pl_module, SolvesPuzzles):
+            raise TypeError(f"{type(pl_module).__name__} does not make and solve puzzles")
+        path = draw_puzzles(pl_module, self._images, RunDir.default(trainer.default_root_dir).puzzles)
+        log.info("puzzles with their true and predicted order: %s", path)

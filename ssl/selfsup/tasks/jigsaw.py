@@ -23,88 +23,38 @@ cells, 27 px tiles). The encoder must accept tiles of that size; :meth:`Jigsaw.c
 before training when it does not.
 
 Data workers deliver the base-augmented crop only. Cutting, jitter, grayscale, normalization and
-shuffling happen here, on the device, for the whole batch at once: one indexing of a (copy-free)
-unfold view of the batch picks every channel of every tile of every puzzle.
+shuffling happen here, on the device, for the whole batch at once, with the shared tile helpers of
+:mod:`selfsup.tasks.patches` (one indexing picks every channel of every tile of every puzzle). The
+picture of puzzles with their true and predicted order is drawn by a callback the task returns,
+:class:`~selfsup.reports.puzzles.PuzzleGrid`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning import Callback
 from torch import Tensor, nn
 
 from selfsup.encoders.base import Encoder
-from selfsup.reports.puzzles import save_puzzle_grid
 from selfsup.tasks.base import PretextTask, StepOutput
 from selfsup.tasks.heads import mlp
+from selfsup.tasks.patches import (
+    PuzzleGeometry,
+    cut_tiles,
+    draw_placement,
+    standardize_tiles,
+    tile_corners,
+    to_grayscale,
+)
 from selfsup.tasks.permutations import SELECTIONS, permutation_set
+from selfsup.training.optim import OptimSettings
 
 log = logging.getLogger(__name__)
-
-PAPER_TILE, PAPER_CELL = 64, 75  # a tile keeps this fraction of its cell when sizes scale
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as in torchvision's rgb_to_grayscale
-PUZZLE_IMAGE = "puzzles.png"
-
-
-@dataclass(frozen=True)
-class PuzzleGeometry:
-    """Where tiles come from: a ``grid_size`` x ``grid_size`` grid of ``cell_size`` px cells, one
-    ``tile_size`` px tile per cell.
-
-    Example:
-        >>> PuzzleGeometry.fit(96)  # grid filling a 96 px image, tiles at the paper's 64/75 of a cell
-        PuzzleGeometry(grid_size=3, cell_size=32, tile_size=27)
-    """
-
-    grid_size: int = 3
-    cell_size: int = 75
-    tile_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.grid_size < 2:
-            raise ValueError(f"grid_size must be at least 2, got {self.grid_size}")
-        if not 1 <= self.tile_size <= self.cell_size:
-            raise ValueError(
-                f"tile_size must be between 1 and cell_size ({self.cell_size}), got {self.tile_size}"
-            )
-
-    @classmethod
-    def fit(
-        cls, image_size: int, grid_size: int = 3, cell_size: int | None = None, tile_size: int | None = None
-    ) -> PuzzleGeometry:
-        """The geometry for ``image_size`` px images; unset sizes scale the paper's (see module doc)."""
-        cell = cell_size if cell_size is not None else image_size // grid_size
-        tile = tile_size if tile_size is not None else cell * PAPER_TILE // PAPER_CELL
-        return cls(grid_size, cell, tile)
-
-    @property
-    def num_tiles(self) -> int:
-        return self.grid_size**2
-
-    @property
-    def window_size(self) -> int:
-        """Side of the square the grid covers (the paper's 225 px crop)."""
-        return self.grid_size * self.cell_size
-
-    def cell_origins(self, device: torch.device | None = None) -> Tensor:
-        """(T, 2) long: top-left (row, col) of each cell inside the window, cells in row-major order."""
-        steps = torch.arange(self.grid_size, device=device) * self.cell_size
-        rows, cols = torch.meshgrid(steps, steps, indexing="ij")
-        return torch.stack([rows.flatten(), cols.flatten()], dim=1)
-
-    def check(self, image_size: int) -> None:
-        """Raise ``ValueError`` when the grid does not fit into ``image_size`` px images."""
-        if self.window_size > image_size:
-            raise ValueError(
-                f"the puzzle grid covers {self.grid_size} x {self.cell_size} px = {self.window_size} px "
-                f"but the images are {image_size} px; raise data.image_size or lower task.cell_size"
-            )
 
 
 @dataclass
@@ -124,108 +74,6 @@ class Puzzles:
     order: Tensor
     origins: Tensor
     offsets: Tensor
-
-
-def draw_placement(
-    batch: int,
-    image_size: tuple[int, int],
-    geometry: PuzzleGeometry,
-    device: torch.device,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Random window positions and tile offsets, drawn per puzzle.
-
-    Args:
-        batch: number of puzzles B.
-        image_size: (H, W) of the images.
-        geometry: the puzzle geometry.
-        device: where the draws live (the images' device).
-        generator: random source on ``device``.
-
-    Returns:
-        origins: (B, 2) long, the window's top-left (row, col) in [0, (H, W) - window_size].
-        offsets: (B, T, 2) long, each tile's top-left inside its cell, in [0, cell_size - tile_size].
-    """
-    origins = torch.stack(
-        [
-            torch.randint(0, size - geometry.window_size + 1, (batch,), device=device, generator=generator)
-            for size in image_size
-        ],
-        dim=1,
-    )
-    slack = geometry.cell_size - geometry.tile_size + 1
-    offsets = torch.randint(0, slack, (batch, geometry.num_tiles, 2), device=device, generator=generator)
-    return origins, offsets
-
-
-def tile_corners(origins: Tensor, offsets: Tensor, order: Tensor, geometry: PuzzleGeometry) -> Tensor:
-    """Image coordinates of the tile shown at each position of each puzzle.
-
-    Args:
-        origins: (B, 2) window top-left per puzzle.
-        offsets: (B, T, 2) tile top-left inside each cell, cells row-major.
-        order: (B, T) source cell of the tile at each position.
-        geometry: the puzzle geometry.
-
-    Returns:
-        (B, T, 2) long top-left (row, col) in the image of the tile at each position.
-    """
-    cells = geometry.cell_origins(order.device)[order]  # (B, T, 2)
-    in_cell = offsets.gather(1, order.unsqueeze(-1).expand(-1, -1, 2))
-    return origins.unsqueeze(1) + cells + in_cell
-
-
-def cut_tiles(
-    images: Tensor, corners: Tensor, tile_size: int, channel_shifts: Tensor | None = None
-) -> Tensor:
-    """Square tiles of a batch, every channel of every tile picked by one indexing operation.
-
-    Args:
-        images: (B, C, H, W).
-        corners: (B, T, 2) long top-left (row, col) of each tile.
-        tile_size: side t of a tile.
-        channel_shifts: (B, T, C, 2) long per-channel displacement of each tile's window, or None.
-            Shifted windows are clamped to the image, so a channel never reads outside it.
-
-    Returns:
-        (B, T, C, t, t) tiles, in the order of ``corners``.
-    """
-    batch, channels, height, width = images.shape
-    num_tiles = corners.shape[1]
-    # (B, C, H - t + 1, W - t + 1, t, t): every t x t window, a view with no copy.
-    windows = images.unfold(2, tile_size, 1).unfold(3, tile_size, 1)
-    top = corners[..., 0, None].expand(batch, num_tiles, channels)
-    left = corners[..., 1, None].expand(batch, num_tiles, channels)
-    if channel_shifts is not None:
-        top = (top + channel_shifts[..., 0]).clamp(0, height - tile_size)
-        left = (left + channel_shifts[..., 1]).clamp(0, width - tile_size)
-    batch_index = torch.arange(batch, device=images.device).view(-1, 1, 1)
-    channel_index = torch.arange(channels, device=images.device).view(1, 1, -1)
-    return windows[batch_index, channel_index, top, left]
-
-
-def to_grayscale(tiles: Tensor, gray: Tensor) -> Tensor:
-    """Turn the tiles of the chosen puzzles to grayscale (the same luma in all three channels).
-
-    The luma weights act on the normalized channels; with the near-equal per-channel stds of image
-    datasets that is a grayscale image up to an affine change, which per-tile normalization removes.
-
-    Args:
-        tiles: (B, T, 3, t, t).
-        gray: (B,) bool, the puzzles to convert.
-
-    Returns:
-        (B, T, 3, t, t).
-    """
-    weights = torch.tensor(LUMA_WEIGHTS, device=tiles.device, dtype=tiles.dtype).view(1, 1, 3, 1, 1)
-    luma = (tiles * weights).sum(dim=2, keepdim=True).expand_as(tiles)
-    return torch.where(gray.view(-1, 1, 1, 1, 1), luma, tiles)
-
-
-def standardize_tiles(tiles: Tensor, eps: float = 1e-5) -> Tensor:
-    """(..., C, t, t) -> the same, each channel of each tile at zero mean and unit std (flat ones at 0)."""
-    std, mean = torch.std_mean(tiles, dim=(-2, -1), keepdim=True)
-    return (tiles - mean) / (std + eps)
 
 
 def make_puzzles(
@@ -286,19 +134,21 @@ class Jigsaw(PretextTask):
         num_permutations: size of the permutation set, the number of classes.
         permutation_selection: ``max_avg`` (the paper's) or ``max_min`` (see permutations.py).
         permutation_seed: picks the set; the same on every process, whatever the run's seed.
-        permutation_cache: folder where generated sets are kept; None generates every time.
+        permutation_cache: folder where generated sets are kept; None generates every time (no
+            default: the config sets ``${paths.cache_dir}/permutations``).
         normalize_tiles: standardize each tile channel on its own.
         channel_jitter: largest per-channel shift of a tile in px.
         grayscale_fraction: fraction of puzzles made from grayscale images.
         tile_dim: width of the per-tile projection (fc6).
         head_hidden_dims: hidden widths of the MLP on the concatenated projections (fc7).
         report_puzzles: puzzles drawn into ``puzzles.png`` in the run directory at the end of
-            training (0: none).
-        optim: see :class:`~selfsup.tasks.base.PretextTask`.
+            training by :class:`~selfsup.reports.puzzles.PuzzleGrid` (0: none).
+        optim: optimizer settings, see :class:`~selfsup.tasks.base.PretextTask`.
         schedule: see :class:`~selfsup.tasks.base.PretextTask`.
 
     Example:
-        >>> task = Jigsaw(ResNetEncoder(18, cifar_stem=True), image_size=96, num_permutations=100)
+        >>> encoder = ResNetEncoder(18, cifar_stem=True)
+        >>> task = Jigsaw(encoder, image_size=96, num_permutations=100, permutation_cache=None)
         >>> out = task.pretext_step(torch.randn(8, 3, 96, 96))  # 8 puzzles of nine 27 px tiles
         >>> out.loss, out.metrics["jigsaw_acc"]
     """
@@ -306,6 +156,7 @@ class Jigsaw(PretextTask):
     def __init__(
         self,
         encoder: Encoder,
+        *,
         image_size: int,
         grid_size: int = 3,
         cell_size: int | None = None,
@@ -313,14 +164,14 @@ class Jigsaw(PretextTask):
         num_permutations: int = 1000,
         permutation_selection: str = "max_avg",
         permutation_seed: int = 0,
-        permutation_cache: str | None = None,
+        permutation_cache: str | None,
         normalize_tiles: bool = True,
         channel_jitter: int = 2,
         grayscale_fraction: float = 0.3,
         tile_dim: int = 1024,
         head_hidden_dims: Sequence[int] = (4096,),
         report_puzzles: int = 8,
-        optim: Mapping[str, Any] | None = None,
+        optim: OptimSettings | None = None,
         schedule: Callable | None = None,
     ) -> None:
         if permutation_selection not in SELECTIONS:
@@ -354,7 +205,6 @@ class Jigsaw(PretextTask):
             nn.Linear(encoder.out_dim, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True)
         )
         self.classifier = mlp(self.geometry.num_tiles * tile_dim, list(head_hidden_dims), num_permutations)
-        self._last_images: Tensor | None = None  # a few images of the latest batch, for the report
 
     def check_input(self, image_size: int) -> None:
         self.geometry.check(image_size)
@@ -398,36 +248,12 @@ class Jigsaw(PretextTask):
             # Partial credit: tiles whose position the predicted permutation gets right.
             "tile_acc": (self.permutations[predicted] == puzzles.order).float().mean(),
         }
-        if self.report_puzzles > 0:
-            self._last_images = images[: self.report_puzzles].detach()
         return StepOutput(loss, metrics)
 
-    @torch.no_grad()
-    def save_puzzles(self, images: Tensor, path: str | Path, num: int = 8) -> Path:
-        """Draw ``num`` puzzles from ``images`` with their true and predicted order (eval mode) to ``path``.
+    def configure_callbacks(self) -> list[Callback]:
+        if self.report_puzzles <= 0:
+            return []
+        # Imported when training starts, so that the task module itself never loads the reports.
+        from selfsup.reports.puzzles import PuzzleGrid
 
-        Args:
-            images: (B, 3, H, W) normalized images, on the task's device.
-            path: the image file to write (png).
-            num: puzzles to draw, at most B.
-
-        Returns:
-            The written file.
-        """
-        was_training = self.training
-        self.eval()
-        try:
-            puzzles = self.puzzles(images[:num])
-            predicted = self.solve(puzzles.tiles).argmax(dim=1)
-            return save_puzzle_grid(
-                path, puzzles.tiles, puzzles.order, self.permutations[predicted], self.geometry.grid_size
-            )
-        finally:
-            self.train(was_training)
-
-    def on_train_end(self) -> None:
-        if self._last_images is None or not self.trainer.is_global_zero:
-            return
-        path = Path(self.trainer.default_root_dir) / PUZZLE_IMAGE
-        self.save_puzzles(self._last_images, path, self.report_puzzles)
-        log.info("puzzles with their true and predicted order: %s", path)
+        return [PuzzleGrid(self.report_puzzles)]
