@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from selfsup.atomic import atomic_write
+
 PROJECTIONS = ("tsne", "umap")
 
 
@@ -29,18 +31,17 @@ def save_embeddings(
     classes: Sequence[str] | None,
 ) -> Path:
     """Write features (N, D), labels (N,), image paths and class names to one ``.npz`` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(
-        tmp,
-        features=features.float().numpy(),
-        labels=labels.numpy().astype(np.int64),
-        paths=np.asarray(list(paths), dtype=str),
-        classes=np.asarray(list(classes or []), dtype=str),
-    )
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        np.savez(
+            tmp,  # ends with .npz, so savez does not append it to the temporary name
+            features=features.float().numpy(),
+            labels=labels.numpy().astype(np.int64),
+            paths=np.asarray(list(paths), dtype=str),
+            classes=np.asarray(list(classes or []), dtype=str),
+        )
+
+    return atomic_write(path, write, suffix=".npz")
 
 
 def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:

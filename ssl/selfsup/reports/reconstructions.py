@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from selfsup.atomic import atomic_write
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.transforms import eval_transform
+from selfsup.modes import evaluating
+from selfsup.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-FOLDER = "reconstructions"
 MASKED_GREY = 0.5  # in [0, 1] pixel units
 
 
@@ -90,15 +92,7 @@ def reconstruction_grid(
 
 def save_grid(grid: Tensor, path: str | os.PathLike[str]) -> Path:
     """Write a (3, H, W) [0, 1] picture as PNG, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_image(grid, tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
 class ReconstructionGrids(pl.Callback):
@@ -141,15 +135,10 @@ class ReconstructionGrids(pl.Callback):
         batch = datamodule.to_device({"image": self.fixed_images(datamodule)}, pl_module.device)
         images = batch["image"]
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                mask, prediction = pl_module.reconstruct(images, generator)
-        finally:
-            pl_module.train(was_training)
+        with evaluating(pl_module), torch.no_grad():
+            mask, prediction = pl_module.reconstruct(images, generator)
         grid = reconstruction_grid(images, mask, prediction, datamodule.mean, datamodule.std)
-        path = save_grid(grid, Path(trainer.default_root_dir) / FOLDER / name)
+        path = save_grid(grid, RunDir.default(trainer.default_root_dir).reconstructions / name)
         log.info("reconstructions saved to %s", path)
         return path
 

@@ -19,13 +19,14 @@ import itertools
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from selfsup.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def permutation_set(
     if perms is None:
         perms = select_permutations(count, n, selection, seed)
         if path is not None:
-            _write(path, perms)
+            atomic_write(path, lambda tmp: np.save(tmp, perms, allow_pickle=False), suffix=".npy")
     if count > 1:
         stats = hamming_stats(perms)
         log.info(
@@ -145,15 +146,3 @@ def _read(path: Path, count: int, n: int) -> np.ndarray | None:
         log.warning("ignoring %s: not %d permutations of %d; regenerating", path, count, n)
         return None
     return perms.astype(np.uint8)
-
-
-def _write(path: Path, perms: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, perms, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
