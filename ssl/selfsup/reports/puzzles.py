@@ -21,6 +21,7 @@ from torch import Tensor
 from selfsup.atomic import atomic_write
 from selfsup.modes import evaluating
 from selfsup.run_dir import RunDir
+from selfsup.tasks.patches import PuzzleGeometry
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class SolvesPuzzles(Protocol):
     """A task that makes and solves puzzles (Jigsaw)."""
 
     permutations: Tensor  # (P, T) long: the permutation set, label k is row k
-    geometry: Any  # a PuzzleGeometry: the puzzles' grid_size
+    geometry: PuzzleGeometry
 
     def puzzles(self, images: Tensor) -> Any:
         """(B, 3, H, W) normalized images -> puzzles with ``tiles`` (B, T, C, t, t) and ``order`` (B, T)."""
