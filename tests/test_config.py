@@ -192,3 +192,31 @@ def test_bad_choice_values_are_named(make_cfg) -> None:
         pretrain(make_cfg([*FAST, "data.on_bad_image=ignore"]))
     with pytest.raises(ConfigError, match=r"'task'.*rotations must be one of"):
         pretrain(make_cfg([*FAST, "task.rotations=some"]))
+
+
+@pytest.mark.parametrize("name", options("eval"))
+def test_every_eval_option_says_how_features_are_extracted(make_cfg, name: str) -> None:
+    """The section that extracts features (linear_probe, else knn) holds the settings; no code default."""
+    cfg = make_cfg([f"eval={name}"], config_name="probe")
+    section = cfg.eval.get("linear_probe") or cfg.eval.get("knn")
+    if section is None:
+        assert set(cfg.eval) == {"finetune"}, "only fine-tuning runs without frozen features"
+        return
+    assert {"token_pool", "cache", "device"} <= set(section)
+
+
+def test_require_number_and_check_exports_name_the_key(make_cfg, tmp_path: Path) -> None:
+    from selfsup.config import check_exports, require_number
+
+    cfg = make_cfg(["eval=finetune", "eval.finetune.label_smoothing=1"], config_name="finetune")
+    with pytest.raises(ConfigError, match=r"'eval.finetune.label_smoothing': must be in \[0, 1\), got 1$"):
+        require_number(cfg, "eval.finetune.label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)
+    assert (
+        require_number(cfg, "eval.finetune.weight_decay", "a non-negative number", lambda v: v >= 0) == 0.05
+    )
+    with pytest.raises(
+        ConfigError, match=rf"'encoders.layers': no exported encoder at {tmp_path} \(expected encoder.yaml"
+    ):
+        check_exports({"layers": tmp_path})
+    with pytest.raises(ConfigError, match=r"'encoder_path': no exported encoder"):
+        check_exports({"encoder_path": tmp_path}, prefix="")

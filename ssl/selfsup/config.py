@@ -7,14 +7,21 @@ make sense together; those checks live here and fail with a :class:`ConfigError`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup.errors import ConfigError, SelfsupError
+
+if TYPE_CHECKING:
+    from selfsup.encoders.base import Encoder
+
+FINETUNE = "eval.finetune"
 
 
 def select(cfg: DictConfig, key: str) -> Any:
@@ -39,6 +46,17 @@ def require_positive_number(cfg: DictConfig, key: str) -> float:
     value = select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(key, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def require_number(cfg: DictConfig, key: str, allowed: str, ok: Callable[[float], bool]) -> float:
+    """The number at ``key``, for which ``ok`` holds; else a ConfigError saying what is ``allowed``.
+
+    Example: ``require_number(cfg, "eval.finetune.label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)``.
+    """
+    value = select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ConfigError(key, f"must be {allowed}, got {value!r}")
     return float(value)
 
 
@@ -96,6 +114,142 @@ def check_training(cfg: DictConfig) -> None:
     seed = select(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("seed", f"must be an integer, got {seed!r}")
+
+
+def check_exports(exports: Mapping[str, str | os.PathLike[str]], prefix: str = "encoders.") -> None:
+    """Every path is an exported encoder folder; the first that is not is named by its config key.
+
+    Args:
+        exports: label -> export folder (``cfg.encoders``).
+        prefix: the config key of the labels (``encoders.``; ``""`` when the labels are keys themselves).
+    """
+    from selfsup.encoders.export import CONFIG_FILE
+
+    for label, path in exports.items():
+        if not (Path(path) / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"{prefix}{label}", f"no exported encoder at {path} (expected {CONFIG_FILE} there)"
+            )
+
+
+def require_encoders(cfg: DictConfig, empty: str) -> dict[str, str]:
+    """``cfg.encoders`` (label -> export folder), not empty (else ``empty`` is the error), every one exported."""
+    encoders = dict(select(cfg, "encoders"))
+    if not encoders:
+        raise ConfigError("encoders", empty)
+    check_exports(encoders)
+    return encoders
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Value checks on ``cfg.eval``'s frozen-feature sections (``linear_probe``, ``knn``), before any work."""
+    from selfsup.eval.linear_probe import PROBE_OPTIMIZERS
+
+    check_complete(cfg)
+    if cfg.eval.get("linear_probe") is not None:
+        for key in ("epochs", "batch_size", "target_dim"):
+            require_positive_int(cfg, f"eval.linear_probe.{key}")
+        grid = select(cfg, "eval.linear_probe.pool_grid")
+        if grid != "auto":
+            require_positive_int(cfg, "eval.linear_probe.pool_grid")
+        if select(cfg, "eval.linear_probe.token_pool") is not None:
+            require_choice(cfg, "eval.linear_probe.token_pool", ("cls", "mean"))
+        require_choice(cfg, "eval.linear_probe.mode", ("cached", "augmented"))
+        require_choice(cfg, "eval.linear_probe.optimizer", PROBE_OPTIMIZERS)
+        if not select(cfg, "eval.linear_probe.seeds"):
+            raise ConfigError("eval.linear_probe.seeds", "needs at least one seed")
+    if cfg.eval.get("knn") is not None:
+        ks = select(cfg, "eval.knn.ks")
+        if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+            raise ConfigError("eval.knn.ks", f"must be a list of positive integers, got {ks}")
+        require_positive_number(cfg, "eval.knn.temperature")
+        if select(cfg, "eval.knn.token_pool") is not None:
+            require_choice(cfg, "eval.knn.token_pool", ("cls", "mean"))
+
+
+def check_finetune_config(cfg: DictConfig, encoder: Encoder | None = None) -> None:
+    """Value checks on ``cfg.eval.finetune``, run before any work starts.
+
+    Args:
+        cfg: the composed config.
+        encoder: when given, ``freeze_until`` is checked against its stages too (the pipeline can
+            check the encoder it is about to pretrain).
+    """
+    from selfsup.training.optim import LR_SCALING
+
+    check_complete(cfg)
+    key = FINETUNE
+    require_number(
+        cfg, f"{key}.label_fraction", "in (0, 1], e.g. 0.01 for 1% of the labels", lambda v: 0 < v <= 1
+    )
+    require_positive_int(cfg, f"{key}.epochs")
+    for name in ("max_steps", "batch_size"):
+        if select(cfg, f"{key}.{name}") is not None:
+            require_positive_int(cfg, f"{key}.{name}")
+    seeds = select(cfg, f"{key}.seeds")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{key}.seeds", f"must be a non-empty list of integers, got {seeds!r}")
+    require_number(cfg, f"{key}.head_lr", "a positive number", lambda v: v > 0)
+    require_number(cfg, f"{key}.encoder_lr", "a positive number", lambda v: v > 0)
+    require_choice(cfg, f"{key}.lr_scaling", LR_SCALING)
+    require_positive_int(cfg, f"{key}.reference_batch")
+    require_number(cfg, f"{key}.layer_decay", "in (0, 1] (1 switches it off)", lambda v: 0 < v <= 1)
+    require_number(cfg, f"{key}.weight_decay", "a non-negative number", lambda v: v >= 0)
+    require_number(cfg, f"{key}.label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)
+    freeze_until = select(cfg, f"{key}.freeze_until")
+    if freeze_until is not None and not isinstance(freeze_until, str):
+        raise ConfigError(f"{key}.freeze_until", f"must be a stage name or null, got {freeze_until!r}")
+    if encoder is not None:
+        check_finetune_encoder(encoder, freeze_until)
+
+
+def check_finetune_encoder(
+    encoder: Encoder, freeze_until: str | None, image_size: int | None = None, where: str = ""
+) -> None:
+    """``freeze_until`` names one of the encoder's stages, and the encoder takes ``image_size`` px images.
+
+    ``where`` is appended to the message (which encoder it was).
+    """
+    from selfsup.eval.finetune import frozen_stages
+
+    try:
+        frozen_stages(encoder.stage_names, freeze_until)
+    except ValueError as e:
+        raise ConfigError(f"{FINETUNE}.freeze_until", f"{e}{where}") from None
+    if image_size is not None:
+        try:
+            encoder.check_image_size(image_size)
+        except ValueError as e:
+            raise ConfigError("data.image_size", f"{e}{where}") from None
+
+
+def check_finetune_exports(
+    encoders: Mapping[str, str | os.PathLike[str]], freeze_until: str | None, image_size: int
+) -> None:
+    """:func:`check_finetune_encoder` on every export (label -> folder), each named in the error."""
+    from selfsup.encoders import export
+
+    for label, path in encoders.items():
+        check_finetune_encoder(export.load(path), freeze_until, image_size, f" (encoder '{label}' at {path})")
+
+
+def check_projection(cfg: DictConfig, method_key: str, max_points_key: str) -> str | None:
+    """A 2-D map's method (``tsne``, ``umap`` or null) and point budget; returns the method."""
+    from selfsup.eval.embeddings import PROJECTIONS
+
+    method = select(cfg, method_key)
+    if method is not None and method not in PROJECTIONS:
+        raise ConfigError(method_key, f"must be one of {list(PROJECTIONS)} or null, got {method!r}")
+    require_positive_int(cfg, max_points_key)
+    return method
+
+
+def check_embed_config(cfg: DictConfig) -> None:
+    """Value checks of ``selfsup-embed`` (conf/embed.yaml), and its export."""
+    check_complete(cfg)
+    require_choice(cfg, "split", ("pretrain", "train", "test"))
+    check_projection(cfg, "projection.method", "projection.max_points")
+    check_exports({"encoder_path": select(cfg, "encoder_path")}, prefix="")
 
 
 def _missing_keys(node: Any, prefix: str) -> list[str]:
