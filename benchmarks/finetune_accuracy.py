@@ -4,7 +4,7 @@ For each label fraction and each ``freeze_until`` setting, both exports of one p
 (``<run>/encoder`` and ``<run>/encoder_init``) are fine-tuned with the same label subsets, seeds and
 fixed step budget (``eval.finetune.max_steps``) through the fine-tuning stage itself
 (``selfsup.stages.finetune.finetune_encoders``), and tested on the test split. Each setting is one
-line of benchmarks/results/finetune_accuracy.jsonl; the table at the end is what benchmarks/finetune.md
+line of benchmarks/results/finetune_accuracy.jsonl; the table at the end is what benchmarks/README.md
 shows. The same numbers come from a sweep of the command:
 ``selfsup-finetune -m +encoders.pretrained=<run>/encoder +encoders.random_init=<run>/encoder_init
 eval.finetune.freeze_until=null,stage3 eval.finetune.label_fraction=0.01,0.1,1.0 ...``.
@@ -21,14 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import compose_cfg, record
+from selfsup.config import check_finetune_config
 from selfsup.encoders import export
+from selfsup.eval.results import FinetuneResults
+from selfsup.eval.stats import compare
+from selfsup.reports.report import markdown_table
+from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, setup_runtime
-from selfsup.stages.finetune import check_finetune_config, finetune_encoders
-from selfsup.stages.pretrain import ENCODER_DIR, INIT_ENCODER_DIR
+from selfsup.stages.finetune import finetune_encoders
+
+HEADER = ["labels", "freeze_until", "train images", "pretrained", "random init", "gain", "seconds"]
 
 
-def measure(run: Path, fraction: float, freeze_until: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune the run's pretrained and random-init encoders at one setting; the stage's results."""
+def measure(
+    run: RunDir, fraction: float, freeze_until: str, args: argparse.Namespace
+) -> tuple[FinetuneResults, dict[str, Any]]:
+    """Fine-tune the run's pretrained and random-init encoders at one setting: the stage's results and the line to record."""
     overrides = [
         *args.set,
         f"eval.finetune.label_fraction={fraction}",
@@ -42,10 +50,26 @@ def measure(run: Path, fraction: float, freeze_until: str, args: argparse.Namesp
     check_finetune_config(cfg)
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg, ["train", "test"])
-    encoders = {"pretrained": run / ENCODER_DIR, "random_init": run / INIT_ENCODER_DIR}
+    encoders = {"pretrained": run.encoder, "random_init": run.encoder_init}
     started = time.perf_counter()
-    results = finetune_encoders(encoders, datamodule, cfg.eval.finetune, run_dir)
-    return {"overrides": overrides, "seconds": round(time.perf_counter() - started, 1), "finetune": results}
+    results = finetune_encoders(encoders, datamodule, cfg.eval.finetune, RunDir.default(run_dir))
+    seconds = round(time.perf_counter() - started, 1)
+    return results, {"overrides": overrides, "seconds": seconds, "finetune": results.to_dict()}
+
+
+def table_row(fraction: float, freeze_until: str, results: FinetuneResults, seconds: float) -> list[Any]:
+    """One line of the table: the setting, both encoders' top-1 and the gain."""
+    pre, rnd = results.encoders["pretrained"], results.encoders["random_init"]
+    gain = compare(pre.top1, rnd.top1).gain
+    return [
+        f"{fraction:g}",
+        freeze_until,
+        pre.train_images,
+        pre.top1.mean,
+        rnd.top1.mean,
+        f"{gain:+.2f}",
+        f"{seconds:.0f}",
+    ]
 
 
 def main() -> None:
@@ -62,22 +86,16 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/selfsup-bench/finetune", help="fine-tuning logs go here")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides (data, batch size, ...)")
     args = parser.parse_args()
-    encoder_meta = export.read_spec(args.run / ENCODER_DIR).get("meta", {})
+    run = RunDir.default(args.run)
+    encoder_meta = export.read_spec(run.encoder).get("meta", {})
     rows = []
     for fraction in args.fractions:
         for freeze_until in args.freeze:
-            result = measure(args.run, fraction, freeze_until, args)
-            record("finetune_accuracy", {"run": str(args.run), "encoder_meta": encoder_meta, **result})
-            ft = result["finetune"]
-            rows.append(
-                f"| {fraction:g} | {freeze_until} | {ft['pretrained']['train_images']} "
-                f"| {ft['pretrained']['top1_mean']:.2f} | {ft['random_init']['top1_mean']:.2f} "
-                f"| {ft['pretrained']['top1_mean'] - ft['random_init']['top1_mean']:+.2f} | {result['seconds']:.0f} |"
-            )
-            print(rows[-1], flush=True)
-    print("| labels | freeze_until | train images | pretrained | random init | gain | seconds |")
-    print("|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+            results, line = measure(run, fraction, freeze_until, args)
+            record("finetune_accuracy", {"run": str(args.run), "encoder_meta": encoder_meta, **line})
+            rows.append(table_row(fraction, freeze_until, results, line["seconds"]))
+            print(markdown_table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
+    print(markdown_table(HEADER, rows))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 from benchmarks.common import compose_cfg, record
+from selfsup.eval.results import FrozenEval
 from selfsup.stages.components import build_datamodule, setup_runtime
 from selfsup.stages.probe import evaluate_frozen
 
 
-def timed_probe(overrides: list[str], encoder: Path, cache_dir: Path) -> tuple[float, dict]:
+def timed_probe(overrides: list[str], encoder: Path, cache_dir: Path) -> tuple[float, FrozenEval]:
     cfg = compose_cfg([*overrides, f"paths.cache_dir={cache_dir}"], config_name="probe")
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg, ["train", "test"])
@@ -46,17 +47,19 @@ def main() -> None:
         from_cache, again = timed_probe(overrides, args.encoder, cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    timing = results["timing"]
+    timing = results.timing
+    assert results.probe is not None, "eval=linear runs the linear probe"
+    probed = results.probe.encoders["encoder"].layers
     result = {
         "encoder": str(args.encoder),
         "overrides": overrides,
         "from_images_s": round(from_images, 2),
         "from_cache_s": round(from_cache, 2),
         "extract_s": timing["encoder_features_s"],
-        "read_cache_s": again["timing"]["encoder_features_s"],
+        "read_cache_s": again.timing["encoder_features_s"],
         "probe_s": timing["encoder_probes_s"],
-        "layers": results["linear_probe"]["layers"],
-        "top1": {layer: v["top1_mean"] for layer, v in results["linear_probe"]["encoder"].items()},
+        "layers": list(probed),
+        "top1": {layer: result.top1.mean for layer, result in probed.items()},
     }
     path = record("probe_speed", result)
     print(

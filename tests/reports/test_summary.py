@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from selfsup.eval.results import EncoderFinetune, FinetuneResults
+from selfsup.eval.stats import SeedStats
 from selfsup.reports.summary import headline_metrics, summarize
 
 
@@ -13,18 +15,15 @@ def finetune_metrics(
 ) -> dict:
     """A metrics.json as ``selfsup-finetune`` writes it, for two encoders."""
 
-    def result(top1: float) -> dict:
-        return {"top1_mean": top1, "top1_std": 0.5, "top1": [top1], "frozen_stages": [], "train_images": 10}
+    def result(top1: float) -> EncoderFinetune:
+        return EncoderFinetune(SeedStats.of([top1]), (), {"head": 1e-3}, 10, 2, 1.0)
 
-    return {
-        "finetune": {
-            "freeze_until": freeze_until,
-            "label_fraction": fraction,
-            "seeds": [0],
-            "pretrained": result(pretrained),
-            "random_init": result(random_init),
-        }
-    }
+    results = FinetuneResults(
+        freeze_until=freeze_until, label_fraction=fraction, seeds=(0,), epochs=None, max_steps=2,
+        batch_size=8, head_lr=1e-3, encoder_lr=1e-3, layer_decay=1.0, num_classes=4, image_size=32,
+        encoders={"pretrained": result(pretrained), "random_init": result(random_init)},
+    )  # fmt: skip
+    return {"finetune": results.to_dict()}
 
 
 def test_headline_metrics_of_a_finetune_run() -> None:
@@ -48,7 +47,11 @@ def test_summary_of_a_finetune_sweep(tmp_path: Path) -> None:
     text = summary.read_text()
     assert "finetune_pretrained" in text and "label_fraction" in text
     for _, _, pretrained, random_init in settings:
-        assert str(pretrained) in text and str(random_init) in text
+        assert f"| {pretrained:.2f} | {random_init:.2f} |" in text
+    csv_rows = (tmp_path / "summary.csv").read_text().splitlines()
+    assert csv_rows[0] == "run,freeze_until,label_fraction,finetune_pretrained,finetune_random_init"
+    assert csv_rows[1] == "1_job,,0.1,45.0,40.0"  # best first by the last column
+    assert not list(tmp_path.glob(".*tmp-*")), "no temporary file is left behind"
     assert (tmp_path / "summary_figures" / "finetune_label_fraction.png").stat().st_size > 1000
 
 

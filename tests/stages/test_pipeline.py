@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from selfsup.encoders import load
+from selfsup.eval.results import ProbeResults
 from selfsup.stages.pipeline import run
 from selfsup.stages.probe import probe
 from tests.conftest import FAST, FAST_DATA, compose_in
@@ -31,13 +32,19 @@ def test_pretrain_export_probe(pipeline_run: tuple[Path, dict]) -> None:
     assert metrics["pretrain"]["steps"] == 2
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved) >= {"pretrain", "linear_probe", "knn", "finetune", "total_time_s"}
-    probe_results = saved["linear_probe"]
+    probe_results = ProbeResults.from_dict(saved["linear_probe"])
+    assert probe_results.seeds == (0, 1) and probe_results.mode == "cached"
     for label in ("pretrained", "random_init"):
-        assert 0 <= probe_results[label]["pooled"]["top1_mean"] <= 100
-        assert len(probe_results[label]["pooled"]["top1"]) == 2
-    assert "gain" in probe_results["comparison"]["layers"]["pooled"]
-    assert probe_results["comparison"]["best_layer"] == "pooled"
-    assert set(saved["knn"]["pretrained"]) == {"top1_k20", "top1_k200"}
+        pooled = probe_results.encoders[label].layers["pooled"]
+        assert pooled.dim == 512 and len(pooled.top1.values) == 2
+        # 64 test images: every per-seed accuracy is a whole number of them
+        assert all(abs(v * 64 / 100 - round(v * 64 / 100)) < 0.01 for v in pooled.top1.values)
+    comparison = probe_results.comparison
+    assert comparison is not None and comparison.best_layer == "pooled"
+    pre, rnd = (probe_results.encoders[e].layers["pooled"].top1 for e in ("pretrained", "random_init"))
+    assert comparison.layers["pooled"].gain == round(pre.mean - rnd.mean, 2)
+    assert set(saved["knn"]["encoders"]["pretrained"]) == {"top1_k20", "top1_k200"}
+    assert saved["knn"]["versus"] == ["pretrained", "random_init"]
     # The exported encoder differs from its initialization and reloads.
     trained, init = load(run_dir / "encoder"), load(run_dir / "encoder_init")
     assert any(
@@ -49,8 +56,12 @@ def test_pretrain_export_probe(pipeline_run: tuple[Path, dict]) -> None:
     report = (run_dir / "report.md").read_text()
     assert "## Linear probe" in report and "## kNN" in report and "## Fine-tuning" in report
     for label in ("pretrained", "random_init"):
-        assert saved["finetune"][label]["steps"] == 2
-        assert f"| {label} | {saved['finetune'][label]['top1_mean']:.2f} ±" in report
+        assert saved["finetune"]["encoders"][label]["steps"] == 2
+        assert f"| {label} | {saved['finetune']['encoders'][label]['top1_mean']:.2f} ±" in report
+    assert (
+        f"| pooled | 512 | {pre.mean_std()} | {rnd.mean_std()} | {comparison.layers['pooled'].cell()} |"
+        in report
+    )
     for figure in ("probe_layers.png", "training_curves.png", "embedding_tsne.png"):
         assert (run_dir / "figures" / figure).stat().st_size > 1000, figure
 
@@ -74,8 +85,17 @@ def test_probe_stage_reads_exports_and_reuses_cached_features(
         ResNetEncoder, "forward_features", lambda *a: pytest.fail("features were re-extracted")
     )
     results = probe(make_cfg(overrides, config_name="probe"))
-    assert set(results["linear_probe"]) >= {"mine", "layers"} and set(results["knn"]) >= {"mine"}
-    assert (tmp_path / "probe" / "metrics.json").is_file()
+    assert list(results["linear_probe"]["encoders"]) == ["mine"] and list(results["knn"]["encoders"]) == [
+        "mine"
+    ]
+    saved = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert {k: saved[k] for k in ("linear_probe", "knn")} == {k: results[k] for k in ("linear_probe", "knn")}
+    # The same features and probe seeds as the pipeline's pretrained encoder: the same accuracies.
+    pipeline_probe = json.loads((pipeline_run[0] / "metrics.json").read_text())["linear_probe"]
+    assert (
+        results["linear_probe"]["encoders"]["mine"]["layers"]["pooled"]["top1"]
+        == pipeline_probe["encoders"]["pretrained"]["layers"]["pooled"]["top1"]
+    )
 
 
 def test_multi_layer_and_augmented_probes(make_cfg, pipeline_run: tuple[Path, dict], tmp_path: Path) -> None:
@@ -89,11 +109,10 @@ def test_multi_layer_and_augmented_probes(make_cfg, pipeline_run: tuple[Path, di
     multi = probe(
         make_cfg([*common, "eval=multilayer", f"paths.run_dir={tmp_path / 'multi'}"], config_name="probe")
     )
-    layers = multi["linear_probe"]["layers"]
-    assert layers == ["stem", "stage1", "stage2", "stage3", "stage4", "pooled"]
-    assert (
-        multi["linear_probe"]["mine"]["stem"]["grid"] == 8
-    )  # 64 channels of 8x8 after the stem of a 32 px image
+    layers = multi["linear_probe"]["encoders"]["mine"]["layers"]
+    assert list(layers) == ["stem", "stage1", "stage2", "stage3", "stage4", "pooled"]
+    assert layers["stem"]["grid"] == 8  # 64 channels of 8x8 after the stem of a 32 px image
+    assert layers["stem"]["dim"] == 64 * 8 * 8 and layers["stage4"]["dim"] == 512
     augmented = [
         "eval.linear_probe.mode=augmented",
         "eval.linear_probe.layers=[stage3,pooled]",
@@ -101,7 +120,40 @@ def test_multi_layer_and_augmented_probes(make_cfg, pipeline_run: tuple[Path, di
     ]
     results = probe(make_cfg([*common, *augmented], config_name="probe"))
     assert results["linear_probe"]["mode"] == "augmented"
-    assert set(results["linear_probe"]["mine"]) == {"stage3", "pooled"}
+    assert list(results["linear_probe"]["encoders"]["mine"]["layers"]) == ["stage3", "pooled"]
+
+
+def test_labels_that_were_metadata_keys_and_a_resnet_beside_a_vit(
+    make_cfg, pipeline_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """``+encoders.layers=`` and ``+encoders.ks=`` are encoders like any other, each with its own layers."""
+    from selfsup.encoders import ViTEncoder, save
+
+    vit = save(
+        ViTEncoder(image_size=32, patch_size=8, width=32, depth=2, num_heads=2),
+        tmp_path / "vit",
+        {"image_size": 32},
+    )
+    cfg = make_cfg(
+        [*FAST_DATA, "eval=multilayer", "eval.linear_probe.epochs=1", "eval.linear_probe.seeds=[0]",
+         f"+encoders.layers={pipeline_run[0] / 'encoder'}", f"+encoders.ks={vit}", f"paths.run_dir={tmp_path / 'run'}"],
+        config_name="probe",
+    )  # fmt: skip
+    probe(cfg)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    probes = ProbeResults.from_dict(saved["linear_probe"])
+    assert list(probes.encoders) == ["layers", "ks"]
+    assert list(probes.encoders["layers"].layers) == [
+        "stem",
+        "stage1",
+        "stage2",
+        "stage3",
+        "stage4",
+        "pooled",
+    ]
+    assert list(probes.encoders["ks"].layers) == ["patch_embed", "block1", "block2", "pooled"]
+    assert probes.encoders["ks"].layers["pooled"].dim == 32
+    assert saved["knn"]["ks"] == [20, 200] and list(saved["knn"]["encoders"]) == ["layers", "ks"]
 
 
 def test_embeddings_file_and_map(make_cfg, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from selfsup.eval.results import ProbeResults
+
 log = logging.getLogger(__name__)
 
 
@@ -29,22 +31,24 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def probe_layers(
-    probe: Mapping[str, Any], path: Path, encoders: Sequence[str] = ("pretrained", "random_init")
+    probe: ProbeResults, path: Path, encoders: Sequence[str] = ("pretrained", "random_init")
 ) -> Path:
-    """Grouped bars: linear-probe top-1 per layer for each encoder, with the seed spread as error bars."""
-    layers = list(probe["layers"])
-    present = [e for e in encoders if e in probe]
+    """Grouped bars: linear-probe top-1 per layer for each encoder, with the seed spread as error bars.
+
+    Only the ``encoders`` present in ``probe`` are drawn; a layer an encoder was not probed on has no bar.
+    """
+    present = [e for e in encoders if e in probe.encoders]
+    layers = list(dict.fromkeys(layer for e in present for layer in probe.encoders[e].layers))
     width = 0.8 / max(1, len(present))
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(layers), 3.6))
     x = np.arange(len(layers))
     for i, encoder in enumerate(present):
-        means = [probe[encoder][layer]["top1_mean"] for layer in layers]
-        stds = [probe[encoder][layer]["top1_std"] for layer in layers]
+        results = [probe.encoders[encoder].layers.get(layer) for layer in layers]
         ax.bar(
             x + (i - (len(present) - 1) / 2) * width,
-            means,
+            [np.nan if r is None else r.top1.mean for r in results],
             width,
-            yerr=stds,
+            yerr=[0.0 if r is None else r.top1.std for r in results],
             capsize=3,
             label=encoder.replace("_", " "),
         )
@@ -52,24 +56,30 @@ def probe_layers(
     ax.set_ylabel("top-1 % (test)")
     ax.set_title("Linear probe per layer")
     ax.legend(loc="lower right")
-    low = min(probe[e][layer]["top1_mean"] for e in present for layer in layers)
+    low = min(r.top1.mean for e in present for r in probe.encoders[e].layers.values())
     ax.set_ylim(max(0.0, low - 10), None)
     return _save(fig, path)
 
 
-def read_csv_logs(run_dir: Path) -> list[dict[str, float]]:
-    """Rows of every ``logs/version_*/metrics.csv`` of a run (resumed attempts included), by step."""
+def read_csv_logs(files: Sequence[Path]) -> list[dict[str, float]]:
+    """Rows of CSV training logs (e.g. every attempt of a resumed run, :meth:`RunDir.csv_logs`), by step."""
     rows: list[dict[str, float]] = []
-    for file in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+    for file in files:
         with open(file, newline="") as f:
             for row in csv.DictReader(f):
                 rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
     return sorted(rows, key=lambda r: r.get("step", 0.0))
 
 
-def training_curves(run_dir: Path, path: Path, keys: Sequence[str] | None = None) -> Path | None:
-    """Pretext loss and metrics against the optimizer step, from the run's CSV logs (None without logs)."""
-    rows = read_csv_logs(run_dir)
+def training_curves(csv_files: Sequence[Path], path: Path, keys: Sequence[str] | None = None) -> Path | None:
+    """Pretext loss and metrics against the optimizer step, from CSV logs (None without logs).
+
+    Args:
+        csv_files: the logs' ``metrics.csv`` files, oldest first (``RunDir.csv_logs()``).
+        path: the PNG to write.
+        keys: the logged columns to draw; default every ``train/...`` column.
+    """
+    rows = read_csv_logs(csv_files)
     keys = list(keys or sorted({k for r in rows for k in r if k.startswith("train/")}))
     if not rows or not keys:
         return None

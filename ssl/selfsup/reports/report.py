@@ -1,4 +1,9 @@
-"""report.md of one run: what ran, the tables of metrics.json, and the figures beside it."""
+"""report.md of one run, and the tables of the downstream results, rendered once for every reader.
+
+:func:`probe_table`, :func:`knn_table` and :func:`finetune_table` turn a result record into a header
+and rows; report.md prints them as markdown, the main job's console with rich, the benchmark scripts
+as markdown too.
+"""
 
 from __future__ import annotations
 
@@ -7,93 +12,122 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPORT_FILE = "report.md"
-FIGURES_DIR = "figures"
+from selfsup.atomic import atomic_write_text
+from selfsup.eval.results import FinetuneResults, KnnResults, ProbeResults
+from selfsup.run_dir import RunDir
+
+Table = tuple[list[str], list[list[Any]]]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured markdown table; numbers right-aligned."""
     align = ["---:" if rows and isinstance(rows[0][i], (int, float)) else "---" for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     """Floats to 2 decimals, small ones (learning rates) to 3 significant digits."""
     if isinstance(value, float):
         return f"{value:.3g}" if value != 0 and abs(value) < 0.1 else f"{value:.2f}"
     return str(value)
 
 
-def _probe_section(probe: Mapping[str, Any]) -> str:
-    encoders = [k for k in ("pretrained", "random_init") if k in probe] or [
-        k for k, v in probe.items() if isinstance(v, dict) and k not in ("comparison",)
-    ]
-    header = ["layer", "dim", *[f"{e} (mean ± std)" for e in encoders]]
-    comparison = probe.get("comparison", {}).get("layers", {})
-    if comparison:
+def probe_table(probe: ProbeResults) -> Table:
+    """Per layer: its size, each encoder's top-1 (mean ± std over seeds) and the gain when compared.
+
+    A layer an encoder was not probed on is left empty; ``dim`` lists each encoder's size when they differ.
+    """
+    labels = list(probe.encoders)
+    header = ["layer", "dim", *[f"{label} (mean ± std)" for label in labels]]
+    if probe.comparison is not None:
         header.append("gain")
     rows = []
-    for layer in probe["layers"]:
-        first = probe[encoders[0]][layer]
-        row: list[Any] = [layer, first["dim"]]
-        row += [f"{probe[e][layer]['top1_mean']:.2f} ± {probe[e][layer]['top1_std']:.2f}" for e in encoders]
-        if comparison:
-            c = comparison[layer]
-            row.append(f"{c['gain']:+.2f}" + ("" if c["verdict"] == "better" else f" ({c['verdict']})"))
+    for layer in probe.layers():
+        results = [probe.encoders[label].layers.get(layer) for label in labels]
+        dims = list(dict.fromkeys(r.dim for r in results if r is not None))
+        row: list[Any] = [layer, dims[0] if len(dims) == 1 else " / ".join(map(str, dims))]
+        row += ["" if r is None else r.top1.mean_std() for r in results]
+        if probe.comparison is not None:
+            gain = probe.comparison.layers.get(layer)
+            row.append("" if gain is None else gain.cell())
         rows.append(row)
-    seeds = probe.get("seeds", [])
-    return f"Top-1 % on the test split over {len(seeds)} probe seeds {seeds}.\n\n" + markdown_table(
-        header, rows
-    )
+    return header, rows
 
 
-def _knn_section(knn: Mapping[str, Any]) -> str:
-    encoders = [k for k, v in knn.items() if isinstance(v, dict)]
-    rows = [[k, *[knn[e][f"top1_k{k}"] for e in encoders]] for k in knn["ks"]]
-    intro = f"Cosine similarity on `{knn['layer']}` features, votes weighted by exp(s / {knn['temperature']}); top-1 %.\n\n"
-    return intro + markdown_table(["k", *encoders], rows)
-
-
-def _finetune_section(finetune: Mapping[str, Any]) -> str:
-    """The settings, then per encoder: top-1 over seeds, frozen stages, labeled images and steps."""
-    settings = ", ".join(
-        f"{key} {finetune[key]}"
-        for key in (
-            "freeze_until",
-            "label_fraction",
-            "epochs",
-            "max_steps",
-            "head_lr",
-            "encoder_lr",
-            "layer_decay",
-        )
-        if finetune.get(key) is not None
-    )
+def knn_table(knn: KnnResults) -> Table:
+    """Per k: each encoder's top-1, and the gain when two encoders are compared."""
+    labels = list(knn.encoders)
+    gains = knn.gains()
+    header = ["k", *labels, *(["gain"] if gains else [])]
     rows = [
-        [
-            name,
-            f"{result['top1_mean']:.2f} ± {result['top1_std']:.2f}",
-            ", ".join(result.get("frozen_stages", [])) or "none",
-            result.get("train_images", ""),
-            result.get("steps", ""),
-        ]
-        for name, result in finetune.items()
-        if isinstance(result, dict) and "top1_mean" in result
+        [k, *[knn.encoders[label][k] for label in labels], *([f"{gains[k]:+.2f}"] if gains else [])]
+        for k in knn.ks
     ]
-    if not rows:
-        return "```\n" + str(dict(finetune)) + "\n```"
-    table = markdown_table(
-        ["encoder", "top-1 % (mean ± std over seeds)", "frozen stages", "labeled images", "steps"], rows
+    return header, rows
+
+
+def finetune_table(finetune: FinetuneResults) -> Table:
+    """Per encoder: top-1 over seeds, frozen stages, labeled images and steps."""
+    header = ["encoder", "top-1 % (mean ± std over seeds)", "frozen stages", "labeled images", "steps"]
+    rows = [
+        [label, r.top1.mean_std(), ", ".join(r.frozen_stages) or "none", r.train_images, r.steps]
+        for label, r in finetune.encoders.items()
+    ]
+    return header, rows
+
+
+def probe_intro(probe: ProbeResults) -> str:
+    seeds = list(probe.seeds)
+    return f"Top-1 % on the test split over {len(seeds)} probe seeds {seeds}."
+
+
+def knn_intro(knn: KnnResults) -> str:
+    return (
+        f"Cosine similarity on `{knn.layer}` features, votes weighted by exp(s / {knn.temperature}); top-1 %."
     )
-    return f"Settings: {settings}.\n\n{table}"
+
+
+def finetune_intro(finetune: FinetuneResults) -> str:
+    keys = ("freeze_until", "label_fraction", "epochs", "max_steps", "head_lr", "encoder_lr", "layer_decay")
+    settings = finetune.settings()
+    return "Settings: " + ", ".join(f"{k} {settings[k]}" for k in keys if settings[k] is not None) + "."
+
+
+def _sections(metrics: Mapping[str, Any]) -> list[str]:
+    """The downstream sections of report.md, from metrics.json's ``linear_probe``, ``knn``, ``finetune``."""
+    parts: list[str] = []
+    if metrics.get("linear_probe"):
+        probe = ProbeResults.from_dict(metrics["linear_probe"])
+        parts += ["## Linear probe", "", probe_intro(probe), "", markdown_table(*probe_table(probe)), ""]
+    if metrics.get("knn"):
+        knn = KnnResults.from_dict(metrics["knn"])
+        parts += ["## kNN", "", knn_intro(knn), "", markdown_table(*knn_table(knn)), ""]
+    if metrics.get("finetune"):
+        finetune = FinetuneResults.from_dict(metrics["finetune"])
+        parts += [
+            "## Fine-tuning",
+            "",
+            finetune_intro(finetune),
+            "",
+            markdown_table(*finetune_table(finetune)),
+            "",
+        ]
+    return parts
 
 
 def write_report(
-    run_dir: Path, metrics: Mapping[str, Any], figures: Mapping[str, Path | None], title: str
+    run_dir: RunDir, metrics: Mapping[str, Any], figures: Mapping[str, Path | None], title: str
 ) -> Path:
-    """Write ``<run_dir>/report.md`` from the run's metrics and figures (paths inside the run directory)."""
+    """Write the run's report.md (atomically) from its metrics and figures (paths inside the run directory).
+
+    Args:
+        run_dir: the run directory.
+        metrics: as metrics.json holds them (``pretrain``, ``linear_probe``, ``knn``, ``finetune``, ...).
+        figures: caption -> PNG (None: not drawn, left out).
+        title: the page's heading.
+    """
     parts = [f"# {title}", ""]
     pretrain = metrics.get("pretrain")
     if pretrain:
@@ -103,21 +137,12 @@ def write_report(
             markdown_table(["metric", "value"], [[k, v] for k, v in pretrain.items()]),
             "",
         ]
-    sections = {
-        "linear_probe": ("## Linear probe", _probe_section),
-        "knn": ("## kNN", _knn_section),
-        "finetune": ("## Fine-tuning", _finetune_section),
-    }
-    for key, (heading, render) in sections.items():
-        if metrics.get(key):
-            parts += [heading, "", render(metrics[key]), ""]
+    parts += _sections(metrics)
     shown = {name: path for name, path in figures.items() if path is not None}
     if shown:
         parts += ["## Figures", ""]
         for name, path in shown.items():
-            parts += [f"### {name}", "", f"![{name}]({os.path.relpath(path, run_dir)})", ""]
+            parts += [f"### {name}", "", f"![{name}]({os.path.relpath(path, run_dir.root)})", ""]
     if "total_time_s" in metrics:
         parts += [f"Total time: {metrics['total_time_s'] / 60:.1f} min.", ""]
-    path = run_dir / REPORT_FILE
-    path.write_text("\n".join(parts))
-    return path
+    return atomic_write_text(run_dir.report, "\n".join(parts))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -19,24 +19,30 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from selfsup.atomic import atomic_write_text
+from selfsup.eval.results import FinetuneResults, KnnResults, ProbeResults
 from selfsup.reports import plots
 from selfsup.reports.report import markdown_table
+from selfsup.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.md"
+SUMMARY_CSV = "summary.csv"
 GROUPS = ("task", "encoder", "data")
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
     """Directories under ``sweep_dir`` (any depth) that hold a metrics.json, in a stable order."""
-    return sorted({p.parent for p in sweep_dir.rglob("metrics.json")}, key=lambda p: str(p))
+    name = RunDir.default(sweep_dir).metrics.name
+    return sorted({p.parent for p in sweep_dir.rglob(name)}, key=lambda p: str(p))
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
     """One leaderboard row: the run's group choices, its overrides, and its headline metrics."""
+    run = RunDir.open(run_dir)
     row: dict[str, Any] = {"run": run_dir.name}
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    hydra_file = run.hydra_dir / "hydra.yaml"
     if hydra_file.is_file():
         hydra_cfg = OmegaConf.load(hydra_file).hydra
         choices = hydra_cfg.runtime.choices
@@ -44,47 +50,50 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         row["overrides"] = " ".join(
             o for o in hydra_cfg.overrides.task if not o.startswith(("paths.", "hydra."))
         )
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    row.update(headline_metrics(metrics))
+    row.update(headline_metrics(run.read_metrics()))
     return row
 
 
 def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Flatten a run's metrics.json into the numbers a leaderboard compares."""
+    """Flatten a run's metrics.json into the numbers a leaderboard compares.
+
+    Probes and kNN are reported for one encoder: the compared one (the main job's pretrained
+    encoder), else the first; fine-tuning for every encoder.
+    """
     out: dict[str, Any] = {}
     pretrain = metrics.get("pretrain", {})
     for key in ("steps", "time_s", "loss"):
         if key in pretrain:
             out[f"pretrain_{key}"] = pretrain[key]
-    probe = metrics.get("linear_probe", {})
-    main = (
-        "pretrained"
-        if "pretrained" in probe
-        else next((k for k, v in probe.items() if isinstance(v, dict) and k != "comparison"), None)
-    )
-    if main is not None and probe.get("layers"):
-        for layer in probe["layers"]:
-            out[f"probe_{layer}"] = probe[main][layer]["top1_mean"]
-            if "comparison" in probe:
-                out[f"gain_{layer}"] = probe["comparison"]["layers"][layer]["gain"]
-        best = max(probe["layers"], key=lambda layer: probe[main][layer]["top1_mean"])
-        out["probe_best"] = probe[main][best]["top1_mean"]
-        out["probe_best_layer"] = best
-    knn = metrics.get("knn", {})
-    knn_main = (
-        "pretrained"
-        if "pretrained" in knn
-        else next((k for k, v in knn.items() if isinstance(v, dict)), None)
-    )
-    if knn_main is not None:
-        out.update({f"knn_{k}": v for k, v in knn[knn_main].items()})
-    finetune = metrics.get("finetune", {})
-    for key in ("freeze_until", "label_fraction"):
-        if key in finetune:
-            out[key] = finetune[key]
-    for name, result in finetune.items():
-        if isinstance(result, dict) and "top1_mean" in result:
-            out[f"finetune_{name}"] = result["top1_mean"]
+    if metrics.get("linear_probe"):
+        out.update(_probe_columns(ProbeResults.from_dict(metrics["linear_probe"])))
+    if metrics.get("knn"):
+        knn = KnnResults.from_dict(metrics["knn"])
+        main = knn.versus[0] if knn.versus is not None else next(iter(knn.encoders), None)
+        if main is not None:
+            out.update({f"knn_top1_k{k}": top1 for k, top1 in knn.encoders[main].items()})
+    if metrics.get("finetune"):
+        finetune = FinetuneResults.from_dict(metrics["finetune"])
+        out["freeze_until"] = finetune.freeze_until
+        out["label_fraction"] = finetune.label_fraction
+        out.update({f"finetune_{label}": r.top1.mean for label, r in finetune.encoders.items()})
+    return out
+
+
+def _probe_columns(probe: ProbeResults) -> dict[str, Any]:
+    """``probe_<layer>`` (and ``gain_<layer>`` when compared) of the main encoder, and its best layer."""
+    main = probe.comparison.encoder if probe.comparison is not None else next(iter(probe.encoders), None)
+    if main is None or not probe.encoders[main].layers:
+        return {}
+    layers = probe.encoders[main].layers
+    out: dict[str, Any] = {}
+    for layer, result in layers.items():
+        out[f"probe_{layer}"] = result.top1.mean
+        if probe.comparison is not None and layer in probe.comparison.layers:
+            out[f"gain_{layer}"] = probe.comparison.layers[layer].gain
+    best = max(layers, key=lambda layer: layers[layer].top1.mean)
+    out["probe_best"] = layers[best].top1.mean
+    out["probe_best_layer"] = best
     return out
 
 
@@ -99,10 +108,7 @@ def summarize(sweep_dir: str | Path) -> Path | None:
     columns = list(dict.fromkeys(k for r in rows for k in r))
     sort_key = "probe_best" if any("probe_best" in r for r in rows) else columns[-1]
     rows.sort(key=lambda r: -r[sort_key] if isinstance(r.get(sort_key), (int, float)) else float("inf"))
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(sweep_dir / SUMMARY_CSV, _csv_text(columns, rows))
     varying = [g for g in (*GROUPS, "overrides") if len({r.get(g) for r in rows}) > 1] or ["run"]
     figures = _figures(rows, columns, varying, sweep_dir / "summary_figures")
     parts = [
@@ -122,10 +128,18 @@ def summarize(sweep_dir: str | Path) -> Path | None:
         ]
     for name, path in figures.items():
         parts += [f"## {name}", "", f"![{name}]({path.relative_to(sweep_dir)})", ""]
-    out = sweep_dir / SUMMARY_FILE
-    out.write_text("\n".join(parts))
+    out = atomic_write_text(sweep_dir / SUMMARY_FILE, "\n".join(parts))
     log.info("sweep summary of %d runs written to %s", len(rows), out)
     return out
+
+
+def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """The leaderboard as CSV (a column a row lacks is left empty)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _figures(

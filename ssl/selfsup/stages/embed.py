@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from selfsup.config import check_complete, require_choice, require_positive_int, select
+from selfsup.config import check_embed_config
 from selfsup.encoders import export
 from selfsup.errors import ConfigError
-from selfsup.eval.embeddings import PROJECTIONS, project_2d, save_embeddings, subsample
+from selfsup.eval.embeddings import project_2d, save_embeddings, subsample
 from selfsup.eval.features import extract_features, probe_grids
 from selfsup.reports import plots
 from selfsup.run_dir import RunDir
@@ -24,17 +24,9 @@ log = logging.getLogger(__name__)
 def embed(cfg: DictConfig) -> dict[str, Any]:
     """Write ``<run dir>/embeddings.npz`` for ``cfg.split`` of ``cfg.data`` and, unless
     ``cfg.projection.method`` is null, ``embedding_<method>.png``."""
-    check_complete(cfg)
-    split = require_choice(cfg, "split", ("pretrain", "train", "test"))
-    method = select(cfg, "projection.method")
-    if method is not None and method not in PROJECTIONS:
-        raise ConfigError("projection.method", f"must be one of {list(PROJECTIONS)} or null, got {method!r}")
-    require_positive_int(cfg, "projection.max_points")
-    path = Path(select(cfg, "encoder_path"))
-    if not (path / export.CONFIG_FILE).is_file():
-        raise ConfigError(
-            "encoder_path", f"no exported encoder at {path} (expected {export.CONFIG_FILE} there)"
-        )
+    check_embed_config(cfg)
+    split, method = str(cfg.split), cfg.projection.method
+    path = Path(cfg.encoder_path)
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg, [split])
     encoder = export.load(path)
@@ -57,9 +49,9 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     source = datamodule.source(split)
     assert features.indices is not None
     names = [source.name(int(i)) for i in features.indices]
-    run_dir = Path(cfg.paths.run_dir)
+    run_dir = RunDir.from_config(cfg)
     out = save_embeddings(
-        run_dir / "embeddings.npz", features.features[layer], features.labels, names, source.classes
+        run_dir.embeddings, features.features[layer], features.labels, names, source.classes
     )
     results: dict[str, Any] = {
         "file": str(out),
@@ -77,9 +69,13 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
         )
         title = f"{method} of {layer} features ({len(keep)} {split} images)"
         figure = plots.embedding(
-            points, features.labels.numpy()[keep], source.classes, run_dir / f"embedding_{method}.png", title
+            points,
+            features.labels.numpy()[keep],
+            source.classes,
+            run_dir.root / f"embedding_{method}.png",
+            title,
         )
         results["figure"] = str(figure)
-    RunDir.default(run_dir).update_metrics("embeddings", results)
+    run_dir.update_metrics("embeddings", results)
     log.info("embeddings of %d images written to %s", len(features), out)
     return results

@@ -21,89 +21,28 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger
 
-from selfsup.config import build, check_complete, require_choice, require_positive_int, select
+from selfsup.config import FINETUNE as KEY
+from selfsup.config import build, check_finetune_config, check_finetune_exports, require_encoders, select
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.subsets import source_labels, stratified_fraction
 from selfsup.encoders import export
 from selfsup.encoders.base import Encoder
-from selfsup.errors import ConfigError
-from selfsup.eval.finetune import FineTuner, LabeledSplits, frozen_stages
+from selfsup.eval.finetune import FineTuner, LabeledSplits
+from selfsup.eval.results import EncoderFinetune, FinetuneResults
+from selfsup.eval.stats import SeedStats
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, setup_runtime
-from selfsup.stages.probe import summarize
-from selfsup.training.optim import LR_SCALING, derived_lr
+from selfsup.training.optim import derived_lr
 
 log = logging.getLogger(__name__)
-
-KEY = "eval.finetune"
-LOG_DIR = "finetune"
-
-
-def check_finetune_config(cfg: DictConfig, encoder: Encoder | None = None) -> None:
-    """Value checks on ``cfg.eval.finetune``, run before any work starts.
-
-    Args:
-        cfg: the composed config.
-        encoder: when given, ``freeze_until`` is checked against its stages too (the pipeline can
-            check the encoder it is about to pretrain).
-    """
-    check_complete(cfg)
-    _require_number(cfg, "label_fraction", "in (0, 1], e.g. 0.01 for 1% of the labels", lambda v: 0 < v <= 1)
-    require_positive_int(cfg, f"{KEY}.epochs")
-    for key in ("max_steps", "batch_size"):
-        if select(cfg, f"{KEY}.{key}") is not None:
-            require_positive_int(cfg, f"{KEY}.{key}")
-    seeds = select(cfg, f"{KEY}.seeds")
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"{KEY}.seeds", f"must be a non-empty list of integers, got {seeds!r}")
-    _require_number(cfg, "head_lr", "a positive number", lambda v: v > 0)
-    _require_number(cfg, "encoder_lr", "a positive number", lambda v: v > 0)
-    require_choice(cfg, f"{KEY}.lr_scaling", LR_SCALING)
-    require_positive_int(cfg, f"{KEY}.reference_batch")
-    _require_number(cfg, "layer_decay", "in (0, 1] (1 switches it off)", lambda v: 0 < v <= 1)
-    _require_number(cfg, "weight_decay", "a non-negative number", lambda v: v >= 0)
-    _require_number(cfg, "label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)
-    freeze_until = select(cfg, f"{KEY}.freeze_until")
-    if freeze_until is not None and not isinstance(freeze_until, str):
-        raise ConfigError(f"{KEY}.freeze_until", f"must be a stage name or null, got {freeze_until!r}")
-    if encoder is not None:
-        check_encoder(encoder, freeze_until)
-
-
-def check_encoder(
-    encoder: Encoder, freeze_until: str | None, image_size: int | None = None, where: str = ""
-) -> None:
-    """``freeze_until`` names one of the encoder's stages, and the encoder takes ``image_size`` px images."""
-    try:
-        frozen_stages(encoder.stage_names, freeze_until)
-    except ValueError as e:
-        raise ConfigError(f"{KEY}.freeze_until", f"{e}{where}") from None
-    if image_size is not None:
-        try:
-            encoder.check_image_size(image_size)
-        except ValueError as e:
-            raise ConfigError("data.image_size", f"{e}{where}") from None
-
-
-def check_encoders(encoders: Mapping[str, str | Path], freeze_until: str | None, image_size: int) -> None:
-    """:func:`check_encoder` on every export, each named in the error."""
-    for label, path in encoders.items():
-        check_encoder(export.load(path), freeze_until, image_size, f" (encoder '{label}' at {path})")
-
-
-def _require_number(cfg: DictConfig, name: str, allowed: str, ok: Callable[[float], bool]) -> None:
-    """``eval.finetune.<name>`` is a number for which ``ok`` holds, or a ConfigError saying what is ``allowed``."""
-    value = select(cfg, f"{KEY}.{name}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-        raise ConfigError(f"{KEY}.{name}", f"must be {allowed}, got {value!r}")
 
 
 def finetune_encoders(
     encoders: Mapping[str, str | Path],
     datamodule: ImageDataModule,
     finetune_cfg: DictConfig,
-    run_dir: str | Path,
-) -> dict[str, Any]:
+    run_dir: RunDir,
+) -> FinetuneResults:
     """Fine-tune each exported encoder on a label fraction of the train split; top-1 on the test split.
 
     Every encoder is checked (stages, image size) before any is trained.
@@ -112,18 +51,18 @@ def finetune_encoders(
         encoders: label -> export folder.
         datamodule: with labeled ``train`` and ``test`` splits; brings the classes and image size.
         finetune_cfg: ``eval.finetune``.
-        run_dir: training curves go to ``<run_dir>/finetune/<label>/seed<seed>/metrics.csv``.
+        run_dir: training curves go to ``run_dir.finetune_logs(label, seed)``.
 
     Returns:
-        The settings (``freeze_until``, ``label_fraction``, ``seeds``, ...) and, per label, the top-1
-        summary over seeds (``top1_mean``, ``top1_std``, ``top1``, ...), the frozen stages, the
-        learning rate of each stage, the number of labeled training images, steps and time.
+        The settings (``freeze_until``, ``label_fraction``, ``seeds``, ...) and, per label, top-1
+        over seeds, the frozen stages, the learning rate of each stage, the number of labeled
+        training images, steps and time.
     """
     cfg = finetune_cfg
     train_source = datamodule.source("train")
     classes = datamodule.classes()
     freeze_until = cfg.freeze_until
-    check_encoders(encoders, freeze_until, datamodule.image_size)
+    check_finetune_exports(encoders, freeze_until, datamodule.image_size)
     batch_size = int(cfg.batch_size or datamodule.batch_size)
     head_lr = derived_lr(float(cfg.head_lr), cfg.lr_scaling, batch_size, int(cfg.reference_batch))
     encoder_lr = derived_lr(float(cfg.encoder_lr), cfg.lr_scaling, batch_size, int(cfg.reference_batch))
@@ -132,20 +71,8 @@ def finetune_encoders(
         head_lr, encoder_lr, cfg.lr_scaling, batch_size, cfg.reference_batch, cfg.layer_decay, freeze_until, cfg.label_fraction,
     )  # fmt: skip
     labels = source_labels(train_source)
-    results: dict[str, Any] = {
-        "freeze_until": freeze_until,
-        "label_fraction": float(cfg.label_fraction),
-        "seeds": [int(s) for s in cfg.seeds],
-        "epochs": None if cfg.max_steps else int(cfg.epochs),
-        "max_steps": int(cfg.max_steps) if cfg.max_steps else None,
-        "batch_size": batch_size,
-        "head_lr": head_lr,
-        "encoder_lr": encoder_lr,
-        "layer_decay": float(cfg.layer_decay),
-        "num_classes": len(classes),
-        "image_size": datamodule.image_size,
-    }
     make_model = _model_factory(cfg, len(classes), head_lr, encoder_lr)
+    results: dict[str, EncoderFinetune] = {}
     for label, path in encoders.items():
         started = time.perf_counter()
         runs = []
@@ -155,19 +82,31 @@ def finetune_encoders(
             splits = LabeledSplits(
                 datamodule, stratified_fraction(labels, cfg.label_fraction, seed), batch_size
             )
-            runs.append(_fit_and_test(model, splits, cfg, Path(run_dir) / LOG_DIR / label / f"seed{seed}"))
-        results[label] = {
-            **summarize([run["top1"] for run in runs]),
-            "frozen_stages": runs[0]["frozen_stages"],
-            "stage_lr": runs[0]["stage_lr"],
-            "train_images": runs[0]["train_images"],
-            "steps": runs[0]["steps"],
-            "time_s": round(time.perf_counter() - started, 1),
-        }
-        log.info(
-            "%s: fine-tuned top-1 %.2f ± %.2f", label, results[label]["top1_mean"], results[label]["top1_std"]
+            runs.append(_fit_and_test(model, splits, cfg, run_dir.finetune_logs(label, seed)))
+        first = runs[0]
+        results[label] = EncoderFinetune(
+            top1=SeedStats.of([run["top1"] for run in runs]),
+            frozen_stages=tuple(first["frozen_stages"]),
+            stage_lr=first["stage_lr"],
+            train_images=first["train_images"],
+            steps=first["steps"],
+            time_s=round(time.perf_counter() - started, 1),
         )
-    return results
+        log.info("%s: fine-tuned top-1 %s", label, results[label].top1.mean_std())
+    return FinetuneResults(
+        freeze_until=freeze_until,
+        label_fraction=float(cfg.label_fraction),
+        seeds=tuple(int(s) for s in cfg.seeds),
+        epochs=None if cfg.max_steps else int(cfg.epochs),
+        max_steps=int(cfg.max_steps) if cfg.max_steps else None,
+        batch_size=batch_size,
+        head_lr=head_lr,
+        encoder_lr=encoder_lr,
+        layer_decay=float(cfg.layer_decay),
+        num_classes=len(classes),
+        image_size=datamodule.image_size,
+        encoders=results,
+    )
 
 
 def _model_factory(
@@ -185,7 +124,7 @@ def _model_factory(
         no_decay_bias_and_norm=bool(cfg.no_decay_bias_and_norm),
         label_smoothing=float(cfg.label_smoothing),
         optimizer=build(f"{KEY}.optimizer", cfg.optimizer),
-        schedule=build(f"{KEY}.schedule", cfg.schedule) if cfg.get("schedule") is not None else None,
+        schedule=build(f"{KEY}.schedule", cfg.schedule) if cfg.schedule is not None else None,
     )
 
 
@@ -230,22 +169,16 @@ def _fit_and_test(model: FineTuner, splits: LabeledSplits, cfg: DictConfig, log_
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """``selfsup-finetune``: fine-tune the exported encoders ``cfg.encoders`` (label -> folder).
 
-    Writes the ``finetune`` section of ``<run dir>/metrics.json``.
+    Writes the ``finetune`` section of ``<run dir>/metrics.json`` and returns it.
     """
     check_finetune_config(cfg)
-    encoders = dict(select(cfg, "encoders"))
-    if not encoders:
-        raise ConfigError(
-            "encoders", "no encoder to fine-tune; add one with +encoders.<label>=<export folder>"
-        )
-    for label, path in encoders.items():
-        if not (Path(path) / export.CONFIG_FILE).is_file():
-            raise ConfigError(
-                f"encoders.{label}", f"no exported encoder at {path} (expected {export.CONFIG_FILE} there)"
-            )
-    check_encoders(encoders, select(cfg, f"{KEY}.freeze_until"), int(select(cfg, "data.image_size")))
+    encoders = require_encoders(
+        cfg, "no encoder to fine-tune; add one with +encoders.<label>=<export folder>"
+    )
+    check_finetune_exports(encoders, select(cfg, f"{KEY}.freeze_until"), int(select(cfg, "data.image_size")))
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg, ["train", "test"])
-    results = finetune_encoders(encoders, datamodule, cfg.eval.finetune, cfg.paths.run_dir)
-    RunDir.default(cfg.paths.run_dir).update_metrics("finetune", results)
+    run_dir = RunDir.from_config(cfg)
+    results = finetune_encoders(encoders, datamodule, cfg.eval.finetune, run_dir).to_dict()
+    run_dir.update_metrics("finetune", results)
     return results

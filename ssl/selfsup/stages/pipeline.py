@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,79 +18,63 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
 
-from selfsup.config import select
+from selfsup.config import check_eval_config, check_finetune_config, check_projection, select
 from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import project_2d, subsample
+from selfsup.eval.results import KnnResults, ProbeResults
 from selfsup.reports import plots
-from selfsup.reports.report import FIGURES_DIR, write_report
+from selfsup.reports.report import Table, cell, knn_table, probe_table, write_report
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, build_encoder
-from selfsup.stages.pretrain import ENCODER_DIR, INIT_ENCODER_DIR, pretrain
-from selfsup.stages.probe import check_eval_config, evaluate_frozen, resolve_layers
+from selfsup.stages.pretrain import pretrain
+from selfsup.stages.probe import evaluate_frozen, resolve_layers
 
 log = logging.getLogger(__name__)
 
+# The main job's two encoders: the pretrained one and the same network at its random initialization.
+PRETRAINED, RANDOM_INIT = "pretrained", "random_init"
 
-def compare(probe_results: dict[str, Any]) -> dict[str, Any]:
-    """Per layer: gain of the pretrained encoder over the random one, and whether it exceeds the noise.
 
-    The noise is the larger of the two per-seed standard deviations; a difference counts as clear when
-    it exceeds twice that and the two seed ranges do not overlap. ``verdict`` is ``better``, ``worse``
-    or ``within noise``.
+def rich_table(title: str, table: Table) -> RichTable:
+    """One of :mod:`selfsup.reports.report`'s tables for the console, cells formatted as in report.md."""
+    header, rows = table
+    out = RichTable(title=title)
+    for column in header:
+        out.add_column(column, justify="right")
+    for row in rows:
+        out.add_row(*(cell(v) for v in row))
+    return out
+
+
+def print_summary(metrics: dict[str, Any], run_dir: Path, seconds: float, console: Console) -> None:
+    """The comparison as tables (probe accuracy per layer, kNN), the best layer, and where the run is.
+
+    ``metrics`` as metrics.json holds them.
     """
-    out = {}
-    for layer in probe_results["layers"]:
-        pre, rnd = probe_results["pretrained"][layer], probe_results["random_init"][layer]
-        gain = round(pre["top1_mean"] - rnd["top1_mean"], 2)
-        noise = max(pre["top1_std"], rnd["top1_std"])
-        if gain > 2 * noise and pre["top1_min"] > rnd["top1_max"]:
-            verdict = "better"
-        elif -gain > 2 * noise and pre["top1_max"] < rnd["top1_min"]:
-            verdict = "worse"
-        else:
-            verdict = "within noise"
-        out[layer] = {"gain": gain, "noise_std": noise, "verdict": verdict}
-    best = max(probe_results["layers"], key=lambda layer: probe_results["pretrained"][layer]["top1_mean"])
-    return {"layers": out, "best_layer": best, "best_gain": out[best]["gain"]}
-
-
-def print_summary(results: dict[str, Any], run_dir: Path, seconds: float, console: Console) -> None:
-    """The comparison as tables: probe accuracy per layer, kNN, and where the run is."""
-    if "linear_probe" in results:
-        probes = results["linear_probe"]
-        table = Table(title="Linear probe, top-1 % on the test split (mean ± std over probe seeds)")
-        for column in ("layer", "pretrained", "random init", "gain"):
-            table.add_column(column, justify="right")
-        for layer in probes["layers"]:
-            pre, rnd = probes["pretrained"][layer], probes["random_init"][layer]
-            cmp = probes["comparison"]["layers"][layer]
-            table.add_row(
-                layer,
-                f"{pre['top1_mean']:.2f} ± {pre['top1_std']:.2f}",
-                f"{rnd['top1_mean']:.2f} ± {rnd['top1_std']:.2f}",
-                f"{cmp['gain']:+.2f}" + ("" if cmp["verdict"] == "better" else f" ({cmp['verdict']})"),
-            )
-        console.print(table)
-        best = probes["comparison"]["best_layer"]
-        pre, rnd = probes["pretrained"][best], probes["random_init"][best]
+    if metrics.get("linear_probe"):
+        probe = ProbeResults.from_dict(metrics["linear_probe"])
         console.print(
-            f"best layer {best}: pretrained {pre['top1_mean']:.2f} % vs random init {rnd['top1_mean']:.2f} % "
-            f"-> gain {pre['top1_mean'] - rnd['top1_mean']:+.2f} points "
-            f"(probe noise ± {max(pre['top1_std'], rnd['top1_std']):.2f})"
+            rich_table(
+                "Linear probe, top-1 % on the test split (mean ± std over probe seeds)", probe_table(probe)
+            )
         )
-    if "knn" in results:
-        knn = results["knn"]
-        table = Table(
-            title=f"kNN on {knn.get('layer', 'pooled')} features, top-1 % (T = {knn['temperature']})"
+        if probe.comparison is not None:
+            c = probe.comparison
+            mine = probe.encoders[c.encoder].layers[c.best_layer].top1
+            theirs = probe.encoders[c.baseline].layers[c.best_layer].top1
+            gain = c.layers[c.best_layer]
+            console.print(
+                f"best layer {c.best_layer}: {c.encoder.replace('_', ' ')} {mine.mean:.2f} % vs "
+                f"{c.baseline.replace('_', ' ')} {theirs.mean:.2f} % -> gain {gain.gain:+.2f} points "
+                f"(probe noise ± {gain.noise_std:.2f})"
+            )
+    if metrics.get("knn"):
+        knn = KnnResults.from_dict(metrics["knn"])
+        console.print(
+            rich_table(f"kNN on {knn.layer} features, top-1 % (T = {knn.temperature})", knn_table(knn))
         )
-        for column in ("k", "pretrained", "random init", "gain"):
-            table.add_column(column, justify="right")
-        for k in knn["ks"]:
-            pre, rnd = knn["pretrained"][f"top1_k{k}"], knn["random_init"][f"top1_k{k}"]
-            table.add_row(str(k), f"{pre:.2f}", f"{rnd:.2f}", f"{pre - rnd:+.2f}")
-        console.print(table)
     console.print(f"total time {seconds / 60:.1f} min; run directory: {run_dir.resolve()}")
 
 
@@ -115,8 +100,6 @@ def check_eval_against_encoder(cfg: DictConfig) -> None:
     if cfg.eval.get("knn") is not None:
         resolve_layers([cfg.eval.knn.layer], encoder, key="eval.knn.layer")
     if cfg.eval.get("finetune") is not None:
-        from selfsup.stages.finetune import check_finetune_config
-
         check_finetune_config(cfg, encoder)
 
 
@@ -128,9 +111,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Each ``cfg.eval`` section that is present runs: ``linear_probe``, ``knn``, ``finetune``.
     """
     started = time.perf_counter()
-    run_dir = Path(cfg.paths.run_dir)
+    run_dir = RunDir.from_config(cfg)
     check_eval_config(cfg)
     check_eval_against_encoder(cfg)
+    check_projection(cfg, "report.embedding", "report.max_points")
     key = downstream_key(cfg)
     # Fail now, not after pretraining, if labeled data is missing or its splits disagree on the classes.
     datamodule = build_datamodule(cfg, ["train", "test"], key)
@@ -141,51 +125,55 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # evaluates alone, over the whole data (kNN votes over every training image), and writes the
         # reports; the other ranks are done.
         return metrics
-    encoders = {"pretrained": run_dir / ENCODER_DIR, "random_init": run_dir / INIT_ENCODER_DIR}
+    encoders = {PRETRAINED: run_dir.encoder, RANDOM_INIT: run_dir.encoder_init}
     results, features = evaluate_frozen(encoders, datamodule, cfg.eval, cfg.paths.cache_dir)
-    if "linear_probe" in results:
-        results["linear_probe"]["comparison"] = compare(results["linear_probe"])
-    for section in ("linear_probe", "knn"):
-        if section in results:
-            metrics[section] = results[section]
-            RunDir.default(run_dir).update_metrics(section, results[section])
-    RunDir.default(run_dir).update_metrics("eval_timing", results["timing"])
+    if results.probe is not None:
+        results = replace(results, probe=results.probe.compared(PRETRAINED, RANDOM_INIT))
+    if results.knn is not None:
+        results = replace(results, knn=replace(results.knn, versus=(PRETRAINED, RANDOM_INIT)))
+    for section, values in results.sections().items():
+        if section != "eval_timing":
+            metrics[section] = values
+        run_dir.update_metrics(section, values)
     if cfg.eval.get("finetune") is not None:
         from selfsup.stages.finetune import finetune_encoders
 
-        metrics["finetune"] = finetune_encoders(encoders, datamodule, cfg.eval.finetune, run_dir)
-        RunDir.default(run_dir).update_metrics("finetune", metrics["finetune"])
+        metrics["finetune"] = finetune_encoders(encoders, datamodule, cfg.eval.finetune, run_dir).to_dict()
+        run_dir.update_metrics("finetune", metrics["finetune"])
     seconds = time.perf_counter() - started
     metrics["total_time_s"] = round(seconds, 1)
-    RunDir.default(run_dir).update_metrics("total_time_s", metrics["total_time_s"])
+    run_dir.update_metrics("total_time_s", metrics["total_time_s"])
     write_run_report(cfg, run_dir, metrics, features, classes)
-    print_summary(metrics, run_dir, seconds, Console())
+    print_summary(metrics, run_dir.root, seconds, Console())
     return metrics
 
 
 def write_run_report(
     cfg: DictConfig,
-    run_dir: Path,
+    run_dir: RunDir,
     metrics: dict[str, Any],
     features: dict[str, Any],
     classes: list[str] | None = None,
 ) -> Path:
     """Figures (probe accuracy per layer, training curves, a 2-D map of the embeddings) and report.md.
 
-    ``classes`` names the labels of the embedding map's legend.
+    ``metrics`` as metrics.json holds them; ``classes`` names the labels of the embedding map's legend.
     """
-    folder = run_dir / FIGURES_DIR
+    folder = run_dir.figures
     figures: dict[str, Path | None] = {}
-    if "linear_probe" in metrics:
+    if metrics.get("linear_probe"):
         figures["linear probe per layer"] = plots.probe_layers(
-            metrics["linear_probe"], folder / "probe_layers.png"
+            ProbeResults.from_dict(metrics["linear_probe"]),
+            folder / "probe_layers.png",
+            (PRETRAINED, RANDOM_INIT),
         )
-    figures["pretraining curves"] = plots.training_curves(run_dir, folder / "training_curves.png")
-    report_cfg = cfg.get("report") or {}
-    method, layer = report_cfg.get("embedding"), (cfg.eval.get("knn") or {}).get("layer", "pooled")
-    if method and "pretrained" in features and layer in features["pretrained"][1].features:
-        test = features["pretrained"][1]
-        keep = subsample(len(test), int(report_cfg.get("max_points", 1000)), int(cfg.seed))
+    figures["pretraining curves"] = plots.training_curves(run_dir.csv_logs(), folder / "training_curves.png")
+    method = cfg.report.embedding
+    # The map shows the features kNN reads, or the pooled output when kNN does not run.
+    layer = cfg.eval.knn.layer if cfg.eval.get("knn") is not None else "pooled"
+    if method is not None and PRETRAINED in features and layer in features[PRETRAINED][1].features:
+        test = features[PRETRAINED][1]
+        keep = subsample(len(test), int(cfg.report.max_points), int(cfg.seed))
         points = project_2d(test.features[layer].float().numpy()[keep], method, int(cfg.seed))
         title = f"{method} of the pretrained encoder's {layer} features ({len(keep)} test images)"
         figures[f"embeddings ({method})"] = plots.embedding(

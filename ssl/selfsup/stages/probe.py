@@ -7,7 +7,6 @@ pooling), cached on disk, and shared by the probes of every seed and by kNN.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from selfsup.config import check_complete, require_choice, require_positive_int, select
+from selfsup.config import check_eval_config, require_encoders
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders import export
 from selfsup.encoders.base import Encoder
@@ -24,35 +23,13 @@ from selfsup.errors import ConfigError
 from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
 from selfsup.eval.features import FeatureCache, FeatureSet, cached_features, probe_grids, resolve_token_pool
 from selfsup.eval.knn import knn_accuracy
-from selfsup.eval.linear_probe import PROBE_OPTIMIZERS, fit_linear_probes
+from selfsup.eval.linear_probe import fit_linear_probes
+from selfsup.eval.results import EncoderProbe, FrozenEval, KnnResults, LayerResult, ProbeResults
+from selfsup.eval.stats import SeedStats
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, resolve_device, setup_runtime
 
 log = logging.getLogger(__name__)
-
-
-def check_eval_config(cfg: DictConfig) -> None:
-    """Value checks on ``cfg.eval``'s frozen-feature sections, before any work."""
-    check_complete(cfg)
-    if cfg.eval.get("linear_probe") is not None:
-        for key in ("epochs", "batch_size", "target_dim"):
-            require_positive_int(cfg, f"eval.linear_probe.{key}")
-        grid = select(cfg, "eval.linear_probe.pool_grid")
-        if grid != "auto":
-            require_positive_int(cfg, "eval.linear_probe.pool_grid")
-        if select(cfg, "eval.linear_probe.token_pool") is not None:
-            require_choice(cfg, "eval.linear_probe.token_pool", ("cls", "mean"))
-        require_choice(cfg, "eval.linear_probe.mode", ("cached", "augmented"))
-        require_choice(cfg, "eval.linear_probe.optimizer", PROBE_OPTIMIZERS)
-        if not select(cfg, "eval.linear_probe.seeds"):
-            raise ConfigError("eval.linear_probe.seeds", "needs at least one seed")
-    if cfg.eval.get("knn") is not None:
-        ks = select(cfg, "eval.knn.ks")
-        if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-            raise ConfigError("eval.knn.ks", f"must be a list of positive integers, got {ks}")
-        temperature = select(cfg, "eval.knn.temperature")
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ConfigError("eval.knn.temperature", f"must be a positive number, got {temperature!r}")
 
 
 def resolve_layers(
@@ -67,23 +44,12 @@ def resolve_layers(
     return layers
 
 
-def summarize(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation and range of per-seed accuracies (percent)."""
-    return {
-        "top1_mean": round(statistics.fmean(values), 2),
-        "top1_std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
-        "top1_min": round(min(values), 2),
-        "top1_max": round(max(values), 2),
-        "top1": [round(v, 2) for v in values],
-    }
-
-
 def evaluate_frozen(
     encoders: Mapping[str, str | Path],
     datamodule: ImageDataModule,
     eval_cfg: DictConfig,
     cache_dir: str | Path | None,
-) -> tuple[dict[str, Any], dict[str, tuple[FeatureSet, FeatureSet]]]:
+) -> tuple[FrozenEval, dict[str, tuple[FeatureSet, FeatureSet]]]:
     """Linear probes and kNN of each exported encoder on ``datamodule``'s labeled train and test splits.
 
     Args:
@@ -93,52 +59,47 @@ def evaluate_frozen(
         cache_dir: where feature caches live (None: no caching).
 
     Returns:
-        The results (``linear_probe``: label -> layer -> accuracy summary over seeds, with ``dim`` and
-        ``grid``; ``knn``: label -> ``top1_k<k>``; ``timing`` in seconds), and each encoder's train and
-        test features for further use (plots).
+        The results (probes: per encoder, per layer, the accuracy over seeds; kNN: per encoder, top-1
+        per k; seconds per part), and each encoder's train and test features for further use (plots).
     """
     probe_cfg, knn_cfg = eval_cfg.get("linear_probe"), eval_cfg.get("knn")
-    use_cache = cache_dir is not None and (probe_cfg or knn_cfg or {}).get("cache", True)
+    # Features are extracted once for both; the probe's settings say how, kNN's when it runs alone.
+    feature_cfg = probe_cfg if probe_cfg is not None else knn_cfg
+    use_cache = cache_dir is not None and feature_cfg is not None and bool(feature_cfg.cache)
     cache = FeatureCache(Path(cache_dir) / "features" if use_cache and cache_dir is not None else None)
     num_classes = len(datamodule.classes())
-    results: dict[str, Any] = {"num_classes": num_classes, "timing": {}}
+    augmented = probe_cfg is not None and probe_cfg.mode == "augmented"
+    knn_layers = [knn_cfg.layer] if knn_cfg is not None else []
+    timing: dict[str, float] = {}
     features: dict[str, tuple[FeatureSet, FeatureSet]] = {}
-    if probe_cfg is not None:
-        results["linear_probe"] = {"seeds": list(probe_cfg.seeds)}
-    if knn_cfg is not None:
-        results["knn"] = {
-            "layer": knn_cfg.layer,
-            "ks": list(knn_cfg.ks),
-            "temperature": float(knn_cfg.temperature),
-        }
+    probes: dict[str, EncoderProbe] = {}
+    knn_scores: dict[str, dict[int, float]] = {}
     for label, path in encoders.items():
         encoder = export.load(path)
         layers = resolve_layers(probe_cfg.layers, encoder) if probe_cfg is not None else []
         if knn_cfg is not None:
-            resolve_layers([knn_cfg.layer], encoder, key="eval.knn.layer")
-        augmented = probe_cfg is not None and probe_cfg.get("mode", "cached") == "augmented"
-        knn_layers = [knn_cfg.layer] if knn_cfg is not None else []
+            resolve_layers(knn_layers, encoder, key="eval.knn.layer")
+        every_layer = list(dict.fromkeys([*layers, *knn_layers]))
+        if probe_cfg is not None:
+            grids = probe_grids(
+                encoder, datamodule.image_size, every_layer, probe_cfg.pool_grid, int(probe_cfg.target_dim)
+            )
+        else:  # kNN alone: feature maps are pooled to 1 x 1
+            grids = probe_grids(encoder, datamodule.image_size, every_layer, 1)
         wanted = list(dict.fromkeys([*([] if augmented else layers), *knn_layers]))
-        grids = probe_grids(
-            encoder, datamodule.image_size, list(dict.fromkeys([*layers, *knn_layers])),
-            probe_cfg.pool_grid if probe_cfg is not None else 1, int(probe_cfg.target_dim) if probe_cfg is not None else 9216,
-        )  # fmt: skip
         started = time.perf_counter()
         if wanted:
-            features[label] = _features(encoder, path, datamodule, wanted, grids, eval_cfg, cache)
-            results["timing"][f"{label}_features_s"] = round(time.perf_counter() - started, 2)
+            assert feature_cfg is not None
+            features[label] = _features(encoder, path, datamodule, wanted, grids, feature_cfg, cache)
+            timing[f"{label}_features_s"] = round(time.perf_counter() - started, 2)
         if probe_cfg is not None:
             started = time.perf_counter()
-            results["linear_probe"]["layers"] = layers
-            results["linear_probe"]["mode"] = "augmented" if augmented else "cached"
             if augmented:
-                results["linear_probe"][label] = _augmented_probe(
-                    encoder, datamodule, layers, grids, num_classes, probe_cfg
-                )
+                probes[label] = _augmented_probe(encoder, datamodule, layers, grids, num_classes, probe_cfg)
             else:
                 train, test = features[label]
-                results["linear_probe"][label] = _probe(train, test, layers, grids, num_classes, probe_cfg)
-            results["timing"][f"{label}_probes_s"] = round(time.perf_counter() - started, 2)
+                probes[label] = _probe(train, test, layers, grids, num_classes, probe_cfg)
+            timing[f"{label}_probes_s"] = round(time.perf_counter() - started, 2)
         if knn_cfg is not None:
             started = time.perf_counter()
             train, test = features[label]
@@ -147,8 +108,22 @@ def evaluate_frozen(
                 train.features[layer], train.labels, test.features[layer], test.labels, num_classes,
                 list(knn_cfg.ks), float(knn_cfg.temperature),
             )  # fmt: skip
-            results["knn"][label] = {f"top1_k{k}": round(a, 2) for k, a in accuracy.items()}
-            results["timing"][f"{label}_knn_s"] = round(time.perf_counter() - started, 2)
+            knn_scores[label] = {int(k): round(a, 2) for k, a in accuracy.items()}
+            timing[f"{label}_knn_s"] = round(time.perf_counter() - started, 2)
+    results = FrozenEval(
+        num_classes=num_classes,
+        probe=None
+        if probe_cfg is None
+        else ProbeResults(
+            "augmented" if augmented else "cached", tuple(int(s) for s in probe_cfg.seeds), probes
+        ),
+        knn=None
+        if knn_cfg is None
+        else KnnResults(
+            str(knn_cfg.layer), tuple(int(k) for k in knn_cfg.ks), float(knn_cfg.temperature), knn_scores
+        ),
+        timing=timing,
+    )
     return results, features
 
 
@@ -158,13 +133,15 @@ def _features(
     datamodule: ImageDataModule,
     layers: list[str],
     grids: dict[str, int],
-    eval_cfg: DictConfig,
+    feature_cfg: DictConfig,
     cache: FeatureCache,
 ) -> tuple[FeatureSet, FeatureSet]:
-    """Train and test features of one exported encoder, from the cache when it has them."""
-    probe_cfg = eval_cfg.get("linear_probe") or {}
-    token_pool = probe_cfg.get("token_pool")
-    device = resolve_device(probe_cfg.get("device", "auto"))
+    """Train and test features of one exported encoder, from the cache when it has them.
+
+    ``feature_cfg`` (``eval.linear_probe`` or ``eval.knn``) brings ``token_pool`` and ``device``.
+    """
+    token_pool = feature_cfg.token_pool
+    device = resolve_device(feature_cfg.device)
     weights_id = export.identity(path)
     sets, hits = [], []
     for split in ("train", "test"):
@@ -184,10 +161,10 @@ def _probe(
     grids: dict[str, int],
     num_classes: int,
     probe_cfg: DictConfig,
-) -> dict[str, Any]:
-    """One multi-head probe per seed (every layer at once); the accuracy summary over seeds per layer."""
+) -> EncoderProbe:
+    """One multi-head probe per seed (every layer at once); the accuracy over seeds per layer."""
     train_layers = FeatureSet({layer: train.features[layer] for layer in layers}, train.labels)
-    device = resolve_device(probe_cfg.get("device"))
+    device = resolve_device(probe_cfg.device)
 
     def one_seed(seed: int) -> dict[str, float]:
         return fit_linear_probes(
@@ -198,20 +175,20 @@ def _probe(
             batch_size=int(probe_cfg.batch_size),
             lr=float(probe_cfg.lr),
             weight_decay=float(probe_cfg.weight_decay),
-            optimizer=str(probe_cfg.get("optimizer", "adamw")),
+            optimizer=str(probe_cfg.optimizer),
             seed=seed,
             device=device,
         )
 
     runs = [one_seed(int(seed)) for seed in probe_cfg.seeds]
-    return {
-        layer: {
-            **summarize([run[layer] for run in runs]),
-            "dim": int(train.features[layer].shape[1]),
-            "grid": grids[layer],
+    return EncoderProbe(
+        {
+            layer: LayerResult(
+                SeedStats.of([run[layer] for run in runs]), int(train.features[layer].shape[1]), grids[layer]
+            )
+            for layer in layers
         }
-        for layer in layers
-    }
+    )
 
 
 def _augmented_probe(
@@ -221,9 +198,9 @@ def _augmented_probe(
     grids: dict[str, int],
     num_classes: int,
     probe_cfg: DictConfig,
-) -> dict[str, Any]:
+) -> EncoderProbe:
     """Probes trained on augmented images through the frozen encoder, one Lightning run per seed."""
-    token_pool = resolve_token_pool(encoder, probe_cfg.get("token_pool"))
+    token_pool = resolve_token_pool(encoder, probe_cfg.token_pool)
     dims = dims_of(encoder, datamodule.image_size, layers, grids, token_pool)
     runs = []
     for seed in probe_cfg.seeds:
@@ -237,9 +214,9 @@ def _augmented_probe(
             float(probe_cfg.lr),
             float(probe_cfg.weight_decay),
             datamodule.prepare_batch,
-            str(probe_cfg.get("optimizer", "adamw")),
+            str(probe_cfg.optimizer),
         )
-        device = resolve_device(probe_cfg.get("device"))
+        device = resolve_device(probe_cfg.device)
         trainer = pl.Trainer(
             accelerator=device.type, devices=1, max_epochs=int(probe_cfg.epochs), logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False,
@@ -252,30 +229,28 @@ def _augmented_probe(
         )
         scores = trainer.test(model, dataloaders=datamodule.labeled_dataloader("test"), verbose=False)[0]
         runs.append({layer: float(scores[f"top1/{layer}"]) for layer in layers})
-    return {
-        layer: {**summarize([run[layer] for run in runs]), "dim": dims[layer], "grid": grids[layer]}
-        for layer in layers
-    }
+    return EncoderProbe(
+        {
+            layer: LayerResult(SeedStats.of([run[layer] for run in runs]), dims[layer], grids[layer])
+            for layer in layers
+        }
+    )
 
 
 def probe(cfg: DictConfig) -> dict[str, Any]:
-    """``selfsup-probe``: linear probes and kNN of the exported encoders ``cfg.encoders`` (label -> folder)."""
+    """``selfsup-probe``: linear probes and kNN of the exported encoders ``cfg.encoders`` (label -> folder).
+
+    Returns the metrics.json sections it wrote: ``linear_probe``, ``knn`` and ``eval_timing``.
+    """
     check_eval_config(cfg)
     setup_runtime(cfg)
-    encoders = dict(select(cfg, "encoders"))
-    if not encoders:
-        raise ConfigError(
-            "encoders", "name at least one exported encoder, e.g. +encoders.mine=outputs/runs/<run>/encoder"
-        )
-    for label, path in encoders.items():
-        if not (Path(path) / export.CONFIG_FILE).is_file():
-            raise ConfigError(
-                f"encoders.{label}", f"no exported encoder at {path} (expected {export.CONFIG_FILE} there)"
-            )
+    encoders = require_encoders(
+        cfg, "name at least one exported encoder, e.g. +encoders.mine=outputs/runs/<run>/encoder"
+    )
     datamodule = build_datamodule(cfg, ["train", "test"])
     results, _ = evaluate_frozen(encoders, datamodule, cfg.eval, cfg.paths.cache_dir)
-    for section in ("linear_probe", "knn"):
-        if section in results:
-            RunDir.default(cfg.paths.run_dir).update_metrics(section, results[section])
-    RunDir.default(cfg.paths.run_dir).update_metrics("eval_timing", results["timing"])
-    return results
+    sections = results.sections()
+    run_dir = RunDir.from_config(cfg)
+    for section, values in sections.items():
+        run_dir.update_metrics(section, values)
+    return sections
