@@ -13,13 +13,14 @@ from selfsup.training.optim import build_optimizer
 
 def _mae(norm_pix_loss: bool = True, decoder_depth: int = 1, **kwargs) -> MAE:
     encoder = ViTEncoder(image_size=16, patch_size=4, width=32, depth=2, num_heads=2)
+    kwargs.setdefault("reconstructions", None)
     return MAE(encoder, decoder_width=16, decoder_depth=decoder_depth, decoder_heads=2,
                norm_pix_loss=norm_pix_loss, **kwargs)  # fmt: skip
 
 
 def test_needs_a_vit() -> None:
     with pytest.raises(ValueError, match="needs a ViT encoder"):
-        MAE(ResNetEncoder(18, cifar_stem=True))
+        MAE(ResNetEncoder(18, cifar_stem=True), reconstructions=None)
 
 
 def test_rejects_ratios_that_leave_no_token_visible() -> None:

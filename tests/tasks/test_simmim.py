@@ -34,7 +34,9 @@ def test_mask_patch_needs_two_by_two_patches() -> None:
 
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_pixel_masks_are_block_aligned_and_meet_the_ratio(kind: str) -> None:
-    task = SimMIM(ENCODERS[kind](32), image_size=32, mask_patch_size=56)  # 8 px mask patches at 32 px
+    task = SimMIM(
+        ENCODERS[kind](32), image_size=32, mask_patch_size=56, reconstructions=None
+    )  # 8 px mask patches at 32 px
     assert task.mask_patch == 8
     mask = task.pixel_mask(task.draw_mask(10, torch.device("cpu")))
     assert mask.shape == (10, 1, 32, 32)
@@ -45,7 +47,7 @@ def test_pixel_masks_are_block_aligned_and_meet_the_ratio(kind: str) -> None:
 
 
 def test_the_resnet_never_sees_a_masked_pixel() -> None:
-    task = SimMIM(ResNetEncoder(18, cifar_stem=True), image_size=16)
+    task = SimMIM(ResNetEncoder(18, cifar_stem=True), image_size=16, reconstructions=None)
     assert task.mask_patch == 2 and task.stride == 8
     with torch.no_grad():
         task.fill.value.copy_(torch.tensor([0.5, -1.0, 2.0]).view(3, 1, 1))
@@ -66,7 +68,9 @@ def test_the_resnet_never_sees_a_masked_pixel() -> None:
 
 
 def test_the_vit_sees_mask_tokens_in_place_of_masked_patches() -> None:
-    task = SimMIM(_vit(), image_size=16, mask_patch_size=112)  # 8 px mask patches: 2x2 tokens
+    task = SimMIM(
+        _vit(), image_size=16, mask_patch_size=112, reconstructions=None
+    )  # 8 px mask patches: 2x2 tokens
     vit = task.vit
     entered: list[torch.Tensor] = []
     vit.blocks.register_forward_pre_hook(lambda module, args: entered.append(args[0].clone()))
@@ -89,7 +93,7 @@ def test_the_vit_sees_mask_tokens_in_place_of_masked_patches() -> None:
 
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_loss_is_l1_over_masked_pixels_only(kind: str) -> None:
-    task = SimMIM(ENCODERS[kind](), image_size=16)
+    task = SimMIM(ENCODERS[kind](), image_size=16, reconstructions=None)
     images, pred = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
     mask = task.draw_mask(2, images.device)
     pixels = task.pixel_mask(mask)[:, 0]
@@ -110,14 +114,14 @@ def test_loss_is_l1_over_masked_pixels_only(kind: str) -> None:
 
 
 def test_head_predicts_full_images_from_the_last_feature_map() -> None:
-    task = SimMIM(ResNetEncoder(18), image_size=64)  # standard stem: stride 32
+    task = SimMIM(ResNetEncoder(18), image_size=64, reconstructions=None)  # standard stem: stride 32
     assert task.stride == 32 and task.mask_patch == 8
     mask, prediction = task.reconstruct(torch.randn(2, 3, 64, 64), torch.Generator().manual_seed(0))
     assert mask.shape == (2, 1, 64, 64) and prediction.shape == (2, 3, 64, 64)
 
 
 def test_rejects_other_image_sizes() -> None:
-    task = SimMIM(_vit(), image_size=16)
+    task = SimMIM(_vit(), image_size=16, reconstructions=None)
     task.check_input(16)
     with pytest.raises(ValueError, match="built for 16 px"):
         task.check_input(32)
@@ -125,7 +129,7 @@ def test_rejects_other_image_sizes() -> None:
 
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_every_trainable_parameter_reaches_the_optimizer(kind: str) -> None:
-    task = SimMIM(ENCODERS[kind](), image_size=16)
+    task = SimMIM(ENCODERS[kind](), image_size=16, reconstructions=None)
     optimizer = build_optimizer(torch.optim.AdamW, [task.encoder, *task.heads()], 1e-3, 0.05)
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert optimized == {id(p) for p in task.parameters() if p.requires_grad}
@@ -136,7 +140,7 @@ def test_every_trainable_parameter_reaches_the_optimizer(kind: str) -> None:
 def test_a_few_steps_learn_to_fill_in_from_the_visible_pixels(kind: str, size: int, steps: int) -> None:
     torch.manual_seed(0)
     encoder: Encoder = ENCODERS[kind](size)
-    task = SimMIM(encoder, image_size=size)
+    task = SimMIM(encoder, image_size=size, reconstructions=None)
     optimizer = torch.optim.AdamW(task.parameters(), lr=3e-3)
     # One colour per image: masked pixels are predictable only by reading the visible ones.
     images = torch.randn(8, 3, 1, 1).expand(8, 3, size, size).contiguous()

@@ -9,7 +9,6 @@ on GPUs and under DDP like pretraining.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -19,8 +18,10 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from selfsup.encoders.base import Encoder
-from selfsup.eval.features import pool_feature, pooled_by
+from selfsup.eval.features import pool_feature
 from selfsup.eval.linear_probe import MultiLayerProbe, probe_optimizer
+from selfsup.modes import evaluating
+from selfsup.training.schedules import lightning_optimizers, warmup_cosine
 
 
 class AugmentedProbe(pl.LightningModule):
@@ -74,8 +75,7 @@ class AugmentedProbe(pl.LightningModule):
     @torch.no_grad()
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) normalized images -> layer -> (B, D) pooled frozen features."""
-        with pooled_by(self.encoder, self.token_pool):
-            maps = self.encoder.forward_features(images, self.layers)
+        maps = self.encoder.forward_features(images, self.layers, self.token_pool)
         prefix = getattr(self.encoder, "num_prefix_tokens", 1)
         return {
             layer: pool_feature(maps[layer], self.grids[layer], self.token_pool, prefix).float()
@@ -104,22 +104,17 @@ class AugmentedProbe(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = probe_optimizer(self.probe.parameters(), self.optimizer, self.lr, self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # Cosine from lr to zero over the run, no warmup.
+        return lightning_optimizers(optimizer, warmup_cosine(optimizer, total, warmup_fraction=0.0))
 
 
 def dims_of(
     encoder: Encoder, image_size: int, layers: Sequence[str], grids: Mapping[str, int], token_pool: str
 ) -> dict[str, int]:
     """Pooled feature dimension of each layer for images of ``image_size``."""
-    with torch.no_grad():
-        was_training = encoder.training
-        maps = encoder.eval().forward_features(
-            torch.zeros(1, 3, image_size, image_size, device=next(encoder.parameters()).device), layers
-        )
-        encoder.train(was_training)
+    with torch.no_grad(), evaluating(encoder):
+        probe = torch.zeros(1, 3, image_size, image_size, device=next(encoder.parameters()).device)
+        maps = encoder.forward_features(probe, layers, token_pool)
     prefix = getattr(encoder, "num_prefix_tokens", 1)
     return {
         layer: int(pool_feature(maps[layer], grids[layer], token_pool, prefix).shape[1]) for layer in layers

@@ -15,8 +15,9 @@ drop path, which selfsup does not implement:
   gets ``encoder_lr * layer_decay ** (n - i)`` and the head counts as stage n. For a ViT of depth d
   that is MAE's rule exactly (patch embedding ``decay ** (d + 1)``, block k ``decay ** (d + 1 - k)``),
   except that the final LayerNorm belongs to the last block here and to the head in MAE.
-- No weight decay on biases, norm parameters and a stage's loose parameters (class token, position
-  embedding: MAE's ``no_weight_decay`` list).
+- Weight decay by the one rule of :mod:`selfsup.training.optim`, as in pretraining: none on biases,
+  norm parameters and what the encoder names in ``no_weight_decay()`` (a ViT's class token and
+  position embedding: MAE's ``no_weight_decay`` list).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import MulticlassAccuracy
 
 from selfsup.data.datamodule import ImageDataModule
-from selfsup.data.dataset import ImageDataset, collate
+from selfsup.data.dataset import ImageDataset
 from selfsup.encoders.base import Encoder
+from selfsup.training.optim import no_weight_decay_ids, split_weight_decay
+from selfsup.training.schedules import lightning_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +78,25 @@ def freeze(encoder: Encoder, stages: Collection[str]) -> list[nn.Module]:
     return modules
 
 
-def split_weight_decay(
-    modules: Sequence[nn.Module | nn.Parameter], no_decay_bias_and_norm: bool = True
-) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Trainable parameters as (decayed, not decayed).
-
-    Not decayed when ``no_decay_bias_and_norm``: 1-D parameters (biases, norm scales and shifts) and
-    loose parameters given directly (class token, position embedding).
-    """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for item in modules:
-        loose = isinstance(item, nn.Parameter)
-        params = [item] if isinstance(item, nn.Parameter) else list(item.parameters())
-        for p in params:
-            if p.requires_grad:
-                (no_decay if no_decay_bias_and_norm and (loose or p.ndim <= 1) else decay).append(p)
-    return decay, no_decay
-
-
 def decay_groups(
     name: str,
     modules: Sequence[nn.Module | nn.Parameter],
     lr: float,
     weight_decay: float,
     no_decay_bias_and_norm: bool = True,
+    exempt: Collection[int] = (),
 ) -> list[ParamGroup]:
-    """Optimizer groups ``name`` (decayed) and ``name/no_decay`` of the trainable parameters; empty ones left out."""
-    decay, no_decay = split_weight_decay(modules, no_decay_bias_and_norm)
+    """Optimizer groups ``name`` (decayed) and ``name/no_decay`` of the trainable parameters; empty ones left out.
+
+    Args:
+        modules: modules and loose parameters (a stage's items from ``stage_modules``).
+        exempt: ids of parameters named by a ``no_weight_decay()`` (:func:`no_weight_decay_ids` of
+            the modules that hold them, e.g. the whole encoder).
+    """
+    items = list(modules)
+    params = [p for item in items for p in ([item] if isinstance(item, nn.Parameter) else item.parameters())]
+    exempt = set(exempt) | no_weight_decay_ids(m for m in items if isinstance(m, nn.Module))
+    decay, no_decay = split_weight_decay(params, exempt, no_decay_bias_and_norm)
     candidates = [(name, decay, weight_decay), (f"{name}/no_decay", no_decay, 0.0)]
     return [{"name": n, "params": p, "lr": lr, "weight_decay": wd} for n, p, wd in candidates if p]
 
@@ -124,10 +118,11 @@ def stage_param_groups(
             never train): the encoder's ``stage_modules`` is incomplete.
     """
     stages = encoder.stage_modules()
+    exempt = no_weight_decay_ids([encoder])
     groups: list[ParamGroup] = []
     for i, (name, items) in enumerate(stages):
         scale = layer_decay ** (len(stages) - i)
-        groups += decay_groups(name, items, lr * scale, weight_decay, no_decay_bias_and_norm)
+        groups += decay_groups(name, items, lr * scale, weight_decay, no_decay_bias_and_norm, exempt)
     grouped = {id(p) for g in groups for p in g["params"]}
     missing = [n for n, p in encoder.named_parameters() if p.requires_grad and id(p) not in grouped]
     if missing:
@@ -148,7 +143,7 @@ class FineTuner(pl.LightningModule):
         head_lr: learning rate of the head.
         encoder_lr: learning rate of the encoder's stages before layer-wise decay.
         layer_decay: stage i of n gets ``encoder_lr * layer_decay ** (n - i)``; 1.0 switches it off.
-        weight_decay: for weights; biases, norm parameters and loose parameters get none.
+        weight_decay: for weights; biases, norm parameters and what ``no_weight_decay()`` names get none.
         no_decay_bias_and_norm: exempt those from weight decay (MAE, timm); false decays everything.
         label_smoothing: of the cross-entropy targets.
         optimizer: ``factory(param_groups, lr=head_lr)``, e.g. a ``_partial_`` AdamW; AdamW if None.
@@ -249,8 +244,7 @@ class FineTuner(pl.LightningModule):
         if self.schedule is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.schedule(optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(optimizer, self.schedule(optimizer, total_steps=total))
 
 
 class LabeledSplits(pl.LightningDataModule):
@@ -284,17 +278,10 @@ class LabeledSplits(pl.LightningDataModule):
         return dataset if self.train_indices is None else Subset(dataset, self.train_indices)
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.train_dataset()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            # A last batch of one image would stop BatchNorm in train mode; keep small subsets whole.
-            drop_last=len(dataset) > self.batch_size,
-            num_workers=self.data.num_workers,
-            collate_fn=collate,
-            pin_memory=self.data.pin_memory,
-            persistent_workers=self.data.persistent_workers,
+        # A last batch of one image would stop BatchNorm in train mode: drop the incomplete last batch
+        # (the datamodule's loader keeps a subset smaller than one batch whole).
+        return self.data.loader(
+            self.train_dataset(), shuffle=True, drop_last=True, batch_size=self.batch_size
         )
 
     def test_dataloader(self) -> DataLoader:

@@ -8,7 +8,6 @@ together in one pass over the data (the multi-layer protocol of Goyal et al. 201
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.eval.features import FeatureSet
+from selfsup.training.schedules import warmup_cosine
 
 
 class LinearProbe(nn.Module):
@@ -130,7 +130,7 @@ def fit_linear_probes(
     opt = probe_optimizer(probe.parameters(), optimizer, lr, weight_decay)
     steps_per_epoch = max(1, len(train) // batch_size)  # full batches only (BatchNorm needs 2+ samples)
     total = epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    scheduler = warmup_cosine(opt, total, warmup_fraction=0.0)  # cosine from lr to zero, no warmup
     features = {layer: t.to(device) for layer, t in train.features.items()}
     labels = train.labels.to(device)
     for _ in range(epochs):

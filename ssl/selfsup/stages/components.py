@@ -14,6 +14,7 @@ from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError, DataError
 from selfsup.tasks.base import PretextTask
+from selfsup.training.optim import OptimSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ def build_datamodule(cfg: DictConfig, splits: Sequence[str], key: str = "data") 
 
 
 def build_task(cfg: DictConfig, encoder: Encoder) -> PretextTask:
-    """``cfg.task`` around ``encoder``, with the optimizer and schedule factories, checked against the image size."""
-    optim = build("optim", cfg.optim, _convert_="all")
+    """``cfg.task`` around ``encoder``, with the optimizer settings and schedule, checked against the image size."""
+    try:
+        optim = OptimSettings.from_config(build("optim", cfg.optim, _convert_="all"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError("optim", f"is not a valid optimizer config: {e}") from None
     schedule = build("schedule", cfg.schedule) if cfg.get("schedule") is not None else None
     make_task = build(
         "task", cfg.task, _partial_=True, _convert_="all"

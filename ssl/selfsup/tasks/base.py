@@ -8,17 +8,17 @@ its head, and return the loss with any metrics. Optimizer, schedule and logging 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
 from selfsup.encoders.base import Encoder
-from selfsup.training.optim import build_optimizer, derived_lr, optimizer_summary
+from selfsup.training.optim import OptimSettings, build_optimizer, optimizer_summary
+from selfsup.training.schedules import lightning_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,13 @@ class PretextTask(pl.LightningModule):
 
     Args:
         encoder: the encoder being pretrained; exported at the end.
-        optim: ``optimizer`` (a ``_partial_`` optimizer factory), ``lr``, ``weight_decay``,
-            ``lr_scaling`` and ``reference_batch`` (see conf/optim).
+        optim: the optimizer settings (``OptimSettings.from_config(cfg.optim)``); None takes those of
+            the shipped ``conf/optim/adamw.yaml``, what ``optim=adamw`` (the default) selects.
         schedule: a ``_partial_`` factory ``(optimizer, total_steps) -> LRScheduler``, or None.
     """
 
     def __init__(
-        self, encoder: Encoder, optim: Mapping[str, Any] | None = None, schedule: Callable | None = None
+        self, encoder: Encoder, optim: OptimSettings | None = None, schedule: Callable | None = None
     ) -> None:
         super().__init__()
         # The encoder's weights are in the state dict and its constructor config in the hparams, so a
@@ -51,7 +51,7 @@ class PretextTask(pl.LightningModule):
         self.save_hyperparameters(ignore=["encoder", "optim", "schedule"])
         self.hparams["encoder_config"] = dict(encoder.config)
         self.encoder = encoder
-        self.optim = dict(optim or {})
+        self.optim = optim if optim is not None else OptimSettings.shipped()
         self.schedule = schedule
         self.memory_format = torch.contiguous_format
         self.lr: float | None = None  # derived in configure_optimizers, logged there
@@ -98,29 +98,21 @@ class PretextTask(pl.LightningModule):
         return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
 
     def configure_optimizers(self) -> Any:
-        cfg = self.optim
-        factory = cfg.get("optimizer") or torch.optim.AdamW
+        optim = self.optim
         effective = self.effective_batch()
-        self.lr = derived_lr(
-            float(cfg.get("lr", 1e-3)),
-            cfg.get("lr_scaling", "none"),
-            effective,
-            cfg.get("reference_batch", 256),
-        )
-        optimizer: Optimizer = build_optimizer(
-            factory,
+        self.lr = optim.lr_for(effective)
+        optimizer = build_optimizer(
+            optim.optimizer,
             [self.encoder, *self.heads()],
             self.lr,
-            float(cfg.get("weight_decay", 0.0)),
-            cfg.get("no_decay_bias_and_norm", True),
+            optim.weight_decay,
+            optim.no_decay_bias_and_norm,
         )
         log.info(
             "learning rate %.3g = optim.lr %.3g scaled '%s' by effective batch %d (reference %d); %s",
-            self.lr, cfg.get("lr", 1e-3), cfg.get("lr_scaling", "none"), effective, cfg.get("reference_batch", 256),
-            optimizer_summary(optimizer),
+            self.lr, optim.lr, optim.lr_scaling, effective, optim.reference_batch, optimizer_summary(optimizer),
         )  # fmt: skip
         if self.schedule is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.schedule(optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(optimizer, self.schedule(optimizer, total_steps=total))

@@ -22,7 +22,7 @@ Downstream, the exported encoder runs on all tokens as any ViT does.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import cast
 
 import torch
 from pytorch_lightning import Callback
@@ -34,6 +34,7 @@ from selfsup.encoders.vit import ViTEncoder, sincos_position_embedding
 from selfsup.reports.reconstructions import ReconstructionGrids
 from selfsup.tasks.base import PretextTask, StepOutput
 from selfsup.tasks.masking import num_visible, patchify, random_masking, unpatchify, unshuffle
+from selfsup.training.optim import OptimSettings
 
 NORM_PIX_EPS = 1e-6  # MAE's epsilon inside the per-patch standard deviation
 
@@ -78,6 +79,10 @@ class MAEDecoder(nn.Module):
             "pos_embedding", sincos_position_embedding(grid_size, width).unsqueeze(0), persistent=False
         )
         self.reset_parameters()
+
+    def no_weight_decay(self) -> set[str]:
+        """The mask token is not weight-decayed (:mod:`selfsup.training.optim`; MAE's own pretraining decays it)."""
+        return {"mask_token"}
 
     def reset_parameters(self) -> None:
         """MAE's initialization: mask token N(0, 0.02), linear layers Xavier-uniform with zero bias."""
@@ -128,11 +133,13 @@ class MAE(PretextTask):
         norm_pix_loss: predict each patch normalized by its own mean and variance.
         reconstructions: ``every_n_epochs`` and ``num_images`` of the reconstruction grids saved in
             the run directory (:class:`~selfsup.reports.reconstructions.ReconstructionGrids`); None: none.
+            Required (conf/task/mae.yaml sets it).
         optim: see :class:`~selfsup.tasks.base.PretextTask`.
         schedule: see :class:`~selfsup.tasks.base.PretextTask`.
 
     Example:
-        >>> task = MAE(ViTEncoder(image_size=32, patch_size=4, width=192, depth=12, num_heads=3))
+        >>> encoder = ViTEncoder(image_size=32, patch_size=4, width=192, depth=12, num_heads=3)
+        >>> task = MAE(encoder, reconstructions=None)
         >>> task.pretext_step(torch.randn(8, 3, 32, 32)).loss
     """
 
@@ -145,8 +152,9 @@ class MAE(PretextTask):
         decoder_heads: int = 4,
         decoder_mlp_ratio: float = 4.0,
         norm_pix_loss: bool = True,
-        reconstructions: Mapping[str, int] | None = None,
-        optim: Mapping[str, Any] | None = None,
+        *,
+        reconstructions: Mapping[str, int] | None,
+        optim: OptimSettings | None = None,
         schedule: Callable | None = None,
     ) -> None:
         if not isinstance(encoder, ViTEncoder):

@@ -12,8 +12,7 @@ Protocol details that matter:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from torch import Tensor
 from selfsup.encoders.base import Encoder
 from selfsup.tasks.base import PretextTask, StepOutput
 from selfsup.tasks.heads import mlp
+from selfsup.training.optim import OptimSettings
 
 NUM_ROTATIONS = 4
 MODES = ("all", "random")
@@ -64,7 +64,7 @@ class RotNet(PretextTask):
 
     Args:
         encoder: the encoder to pretrain.
-        rotations: ``all`` or ``random`` (see the module docstring).
+        rotations: ``all`` or ``random`` (see the module docstring); ``random`` as in conf/task/rotnet.yaml.
         head_hidden_dims: hidden widths of the rotation classifier; empty for a linear one.
         optim: see :class:`~selfsup.tasks.base.PretextTask`.
         schedule: see :class:`~selfsup.tasks.base.PretextTask`.
@@ -78,9 +78,9 @@ class RotNet(PretextTask):
     def __init__(
         self,
         encoder: Encoder,
-        rotations: str = "all",
+        rotations: str = "random",
         head_hidden_dims: Sequence[int] = (),
-        optim: Mapping[str, Any] | None = None,
+        optim: OptimSettings | None = None,
         schedule: Callable | None = None,
     ) -> None:
         if rotations not in MODES:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
 import torch
 from pytorch_lightning import Callback
@@ -31,6 +31,7 @@ from selfsup.encoders.vit import ViTEncoder
 from selfsup.reports.reconstructions import ReconstructionGrids
 from selfsup.tasks.base import PretextTask, StepOutput
 from selfsup.tasks.masking import block_mask
+from selfsup.training.optim import OptimSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class LearnedFill(nn.Module):
         if std:
             nn.init.trunc_normal_(self.value, std=std)
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned value is not weight-decayed (SimMIM exempts its mask token; :mod:`selfsup.training.optim`)."""
+        return {"value"}
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """``x`` with the learned value wherever ``mask`` (bool, broadcastable to ``x``) is True."""
         return torch.where(mask, self.value.to(x.dtype), x)
@@ -89,11 +94,12 @@ class SimMIM(PretextTask):
             scales with the image (set it equal to the image size for an absolute mask patch size).
         reconstructions: ``every_n_epochs`` and ``num_images`` of the reconstruction grids saved in
             the run directory (:class:`~selfsup.reports.reconstructions.ReconstructionGrids`); None: none.
+            Required (conf/task/simmim.yaml sets it).
         optim: see :class:`~selfsup.tasks.base.PretextTask`.
         schedule: see :class:`~selfsup.tasks.base.PretextTask`.
 
     Example:
-        >>> task = SimMIM(ResNetEncoder(depth=18, cifar_stem=True), image_size=32)
+        >>> task = SimMIM(ResNetEncoder(depth=18, cifar_stem=True), image_size=32, reconstructions=None)
         >>> task.pretext_step(torch.randn(8, 3, 32, 32)).loss
     """
 
@@ -104,8 +110,9 @@ class SimMIM(PretextTask):
         mask_ratio: float = 0.6,
         mask_patch_size: int = 32,
         mask_patch_reference_size: int = 224,
-        reconstructions: Mapping[str, int] | None = None,
-        optim: Mapping[str, Any] | None = None,
+        *,
+        reconstructions: Mapping[str, int] | None,
+        optim: OptimSettings | None = None,
         schedule: Callable | None = None,
     ) -> None:
         if not 0.0 < mask_ratio < 1.0:
@@ -118,7 +125,7 @@ class SimMIM(PretextTask):
         if isinstance(encoder, ViTEncoder):
             self.unit = self.stride = encoder.patch_size
             channels = encoder.out_dim
-            # SimMIM's mask token: trunc-normal(0.02); 1-D, so it is not weight-decayed (as in SimMIM).
+            # SimMIM's mask token: trunc-normal(0.02); not weight-decayed (as in SimMIM).
             self.fill = LearnedFill((encoder.out_dim,), std=0.02)
         else:
             self.unit = 1

@@ -1,11 +1,26 @@
-"""Optimizer construction: parameter groups, the learning rate derived from the batch, the schedule."""
+"""Optimizer construction: which parameters are weight-decayed, the learning rate, the optimizer.
+
+One weight-decay rule, for pretraining and fine-tuning alike (:func:`split_weight_decay`):
+
+- with ``no_decay_bias_and_norm`` (every shipped config), a trainable parameter is *not* decayed
+  when it is 1-D (biases, norm scales and shifts, SimMIM's ViT mask token) or when a module that
+  holds it names it in its ``no_weight_decay()`` method (timm's convention: a set of parameter names
+  relative to that module). ViT encoders name their class token and position embedding, MAE's
+  decoder its mask token, SimMIM's learned fill its value; everything else is decayed;
+- with ``no_decay_bias_and_norm: false`` every trainable parameter is decayed (RotNet's official code).
+
+MAE's own code uses two rules: its pretraining (``main_pretrain.py``, timm's ``add_weight_decay``)
+decays the class and mask tokens, its fine-tuning (``param_groups_lrd``) exempts the class token and
+position embedding. selfsup uses the fine-tuning rule for both, so a ViT's class token is treated
+the same way in every stage.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +43,8 @@ class OptimSettings:
         reference_batch: the batch size ``lr`` is given for.
         weight_decay: for weights.
         no_decay_bias_and_norm: exempt biases, norm parameters and the parameters encoders and heads
-            name in ``no_weight_decay()`` (false: decay everything, as RotNet's official code does).
+            name in ``no_weight_decay()`` (false: decay everything, as RotNet's official code does; see
+            the module docstring).
     """
 
     optimizer: Callable[..., Optimizer]
@@ -86,23 +102,61 @@ def derived_lr(base_lr: float, scaling: str, effective_batch: int, reference_bat
     return base_lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[scaling]
 
 
-def param_groups(
-    modules: Iterable[nn.Module], weight_decay: float, no_decay_bias_and_norm: bool = True
-) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: decayed weights, and undecayed biases and norm parameters.
+def no_weight_decay_ids(modules: Iterable[nn.Module]) -> set[int]:
+    """Ids of the parameters that some submodule's ``no_weight_decay()`` names (timm's convention).
 
-    Biases, norm scales and 1-D parameters such as class tokens are not decayed when
-    ``no_decay_bias_and_norm`` (the convention of MAE, DINO and timm).
+    Raises:
+        ValueError: when a ``no_weight_decay()`` names a parameter its module does not have.
+    """
+    exempt: set[int] = set()
+    for module in modules:
+        for sub in module.modules():
+            names = getattr(sub, "no_weight_decay", None)
+            if not callable(names):
+                continue
+            for name in names():
+                try:
+                    exempt.add(id(sub.get_parameter(name)))
+                except AttributeError:
+                    raise ValueError(
+                        f"{type(sub).__name__}.no_weight_decay() names {name!r}, which is not one of its parameters"
+                    ) from None
+    return exempt
+
+
+def is_decayed(param: nn.Parameter, exempt: Collection[int], no_decay_bias_and_norm: bool = True) -> bool:
+    """The one weight-decay rule (module docstring): decayed unless 1-D or named by ``no_weight_decay()``."""
+    return not no_decay_bias_and_norm or (param.ndim > 1 and id(param) not in exempt)
+
+
+def split_weight_decay(
+    params: Iterable[nn.Parameter], exempt: Collection[int], no_decay_bias_and_norm: bool = True
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters (each once, in order) as (decayed, not decayed) by :func:`is_decayed`.
+
+    Args:
+        params: candidates; frozen ones (``requires_grad`` false) are left out.
+        exempt: ids from :func:`no_weight_decay_ids` of the modules holding them.
+        no_decay_bias_and_norm: false decays every parameter.
     """
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     seen: set[int] = set()
-    for module in modules:
-        for p in module.parameters():
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (no_decay if no_decay_bias_and_norm and p.ndim <= 1 else decay).append(p)
+    for p in params:
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if is_decayed(p, exempt, no_decay_bias_and_norm) else no_decay).append(p)
+    return decay, no_decay
+
+
+def param_groups(
+    modules: Iterable[nn.Module], weight_decay: float, no_decay_bias_and_norm: bool = True
+) -> list[dict[str, Any]]:
+    """The trainable parameters of ``modules`` in two groups: decayed, and not decayed (module docstring)."""
+    modules = list(modules)
+    params = (p for module in modules for p in module.parameters())
+    decay, no_decay = split_weight_decay(params, no_weight_decay_ids(modules), no_decay_bias_and_norm)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
