@@ -19,10 +19,11 @@ from selfsup.eval.features import (
     pool_feature,
     resolve_token_pool,
 )
+from tests.conftest import test_datamodule
 
 
 def _datamodule() -> ImageDataModule:
-    return ImageDataModule(
+    return test_datamodule(
         train=partial(synthetic, 12, 16, seed=1),
         test=partial(synthetic, 8, 16, seed=2),
         image_size=16,
@@ -87,7 +88,7 @@ def test_cache_is_per_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(
         ResNetEncoder,
         "forward_features",
-        lambda self, x, layers: requested.append(list(layers)) or original(self, x, layers),
+        lambda self, x, layers, token_pool=None: requested.append(list(layers)) or original(self, x, layers),
     )
     subset, hit = cached_features(cache, encoder, "w", dm, "train", ["pooled"], {"pooled": 1})
     assert hit and not requested, "a subset of cached layers is read back"
@@ -116,7 +117,8 @@ def test_token_pool_applies_to_a_vits_pooled_output_too() -> None:
     assert resolve_token_pool(encoder, None) == "cls" and resolve_token_pool(_vit("mean"), None) == "mean"
     assert torch.allclose(own.features["pooled"][:5], tokens[:, 0], atol=1e-5)
     assert torch.allclose(mean.features["pooled"][:5], tokens[:, 1:].mean(1), atol=1e-5)
-    assert encoder.pool == "cls", "the encoder's own setting is restored"
+    assert encoder.token_pool == "cls", "asking for another pooling does not change the encoder"
+    assert torch.allclose(encoder.eval()(images), tokens[:, 0], atol=1e-5)
 
 
 def test_a_vits_pool_setting_is_part_of_the_cache_key(tmp_path: Path) -> None:

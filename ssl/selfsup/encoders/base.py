@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
+
+from selfsup.modes import evaluating
 
 
 class Encoder(nn.Module):
     """A headless image encoder.
 
     Subclasses set ``out_dim`` and ``stage_names`` and implement ``stage_modules`` and
-    ``forward_features``; ``forward`` returns pooled features.
+    ``forward_features``; ``forward`` returns pooled features. ``config`` is recorded from the
+    constructor's arguments (every parameter, defaults included) when the constructor returns, so
+    every option reaches exports; constructors therefore take named parameters only (no ``*args``).
 
     Attributes:
         out_dim: size of the pooled feature vector returned by ``forward``.
@@ -22,11 +29,20 @@ class Encoder(nn.Module):
             and freezing "the first k stages" counts in this order.
         config: the constructor's arguments with a ``_target_``, enough to rebuild the encoder
             (``hydra.utils.instantiate(encoder.config)``); written next to exported weights.
+        token_pool: how ``pooled`` reduces a token sequence unless a call says otherwise (``cls`` or
+            ``mean``); None for encoders whose features are maps.
     """
 
     out_dim: int
     stage_names: tuple[str, ...]
     config: dict[str, Any]
+    token_pool: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _recording_config(init)  # type: ignore[method-assign]
 
     def forward(self, images: Tensor) -> Tensor:
         """Pooled features.
@@ -39,12 +55,16 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError
 
-    def forward_features(self, images: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+    def forward_features(
+        self, images: Tensor, layers: Sequence[str], token_pool: str | None = None
+    ) -> dict[str, Tensor]:
         """Named intermediate features; the forward pass stops after the deepest one requested.
 
         Args:
             images: (B, 3, H, W) normalized float images.
             layers: names from ``stage_names`` (and ``pooled`` for the ``forward`` output).
+            token_pool: for token encoders, how ``pooled`` reduces the tokens (``cls`` or ``mean``)
+                instead of the encoder's own ``token_pool``; ignored by encoders without tokens.
 
         Returns:
             name -> feature map: (B, C, h, w) for convolutional stages, (B, T, D) for token stages.
@@ -66,6 +86,39 @@ class Encoder(nn.Module):
             raise ValueError(f"unknown layer(s) {unknown}; this encoder has {list(allowed)}")
 
 
+def _plain(value: Any) -> Any:
+    """A constructor argument as plain yaml-safe data (tuples and OmegaConf containers become lists, dicts)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _recording_config(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap an encoder constructor so that, when it returns, ``self.config`` holds its bound arguments."""
+    signature = inspect.signature(init)
+    variadic = [p.name for p in signature.parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if variadic:
+        raise TypeError(
+            f"{init.__qualname__} takes {variadic}: an encoder's constructor takes named parameters only, "
+            "so that its config can rebuild it"
+        )
+
+    @functools.wraps(init)
+    def wrapper(self: Encoder, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        # A subclass's constructor returns after its parent's: the most derived class's arguments win.
+        arguments = {name: _plain(value) for name, value in list(bound.arguments.items())[1:]}
+        self.config = {"_target_": target_of(self), **arguments}
+
+    return wrapper
+
+
 def target_of(obj: object) -> str:
     """The import path that hydra's ``_target_`` needs to rebuild an object of this class."""
     cls = type(obj)
@@ -75,11 +128,7 @@ def target_of(obj: object) -> str:
 @torch.no_grad()
 def feature_shapes(encoder: Encoder, image_size: int, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Shape of each named feature for one image of ``image_size`` (without the batch dimension)."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with evaluating(encoder):
         device = next(encoder.parameters()).device
         probe = torch.zeros(1, 3, image_size, image_size, device=device)
         return {name: tuple(t.shape[1:]) for name, t in encoder.forward_features(probe, layers).items()}
-    finally:
-        encoder.train(was_training)

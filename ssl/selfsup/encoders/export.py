@@ -22,6 +22,7 @@ import yaml
 from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
+from selfsup.atomic import atomic_write, atomic_write_text
 from selfsup.encoders.base import Encoder
 from selfsup.errors import DataError
 
@@ -52,9 +53,8 @@ def save(
     # safetensors refuses tensors that share memory or are not contiguous.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
     # Temporary names are per process: DDP ranks (or two jobs) saving the same export never collide.
-    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
-    save_file(state, str(weights_tmp), metadata={"format_version": str(FORMAT_VERSION)})
-    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    metadata = {"format_version": str(FORMAT_VERSION)}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     doc = {
         "format_version": FORMAT_VERSION,
         "encoder": dict(encoder.config),
@@ -62,9 +62,7 @@ def save(
         "meta": dict(meta or {}),
         "weights_sha256": file_sha256(directory / WEIGHTS_FILE),
     }
-    config_tmp = directory / f".{CONFIG_FILE}.tmp-{os.getpid()}"
-    config_tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    atomic_write_text(directory / CONFIG_FILE, yaml.safe_dump(doc, sort_keys=False))
     return directory
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 from torchvision.models import resnet
 
-from selfsup.encoders.base import Encoder, target_of
+from selfsup.encoders.base import Encoder
 
 _BUILDERS: dict[int, Callable[..., resnet.ResNet]] = {
     18: resnet.resnet18,
@@ -42,16 +42,11 @@ class ResNetEncoder(Encoder):
 
     stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
 
-    def __init__(self, depth: int = 18, cifar_stem: bool = False, zero_init_residual: bool = False) -> None:
+    def __init__(self, depth: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> None:
         super().__init__()
         if depth not in _BUILDERS:
             raise ValueError(f"ResNet depth must be one of {sorted(_BUILDERS)}, got {depth}")
-        self.config = {
-            "_target_": target_of(self),
-            "depth": depth,
-            "cifar_stem": cifar_stem,
-            "zero_init_residual": zero_init_residual,
-        }
+        self.cifar_stem = cifar_stem
         net = _BUILDERS[depth](weights=None, zero_init_residual=zero_init_residual)
         if cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -68,7 +63,10 @@ class ResNetEncoder(Encoder):
         x = self.stage4(self.stage3(self.stage2(self.stage1(x))))
         return self.pool(x).flatten(1)
 
-    def forward_features(self, images: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+    def forward_features(
+        self, images: Tensor, layers: Sequence[str], token_pool: str | None = None
+    ) -> dict[str, Tensor]:
+        """See :meth:`Encoder.forward_features`; ``token_pool`` does not apply (no tokens)."""
         self.check_layers(layers)
         wanted = set(layers)
         out: dict[str, Tensor] = {}
@@ -88,8 +86,8 @@ class ResNetEncoder(Encoder):
 
     def check_image_size(self, image_size: int) -> None:
         if image_size < self.downsampling:
-            stem = "CIFAR stem" if self.config["cifar_stem"] else "standard stem"
-            hint = "" if self.config["cifar_stem"] else "; encoder.cifar_stem=true takes images down to 8 px"
+            stem = "CIFAR stem" if self.cifar_stem else "standard stem"
+            hint = "" if self.cifar_stem else "; encoder.cifar_stem=true takes images down to 8 px"
             raise ValueError(
                 f"a ResNet with the {stem} downsamples by {self.downsampling}, so it needs images of at "
                 f"least {self.downsampling} px, got {image_size} px{hint}"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from selfsup.encoders.base import Encoder, target_of
+from selfsup.encoders.base import Encoder
 
 
 def sincos_position_embedding(grid_size: int, dim: int) -> Tensor:
@@ -53,8 +53,12 @@ class ViTEncoder(Encoder):
         depth: number of transformer blocks.
         num_heads: attention heads per block.
         mlp_ratio: hidden width of each block's MLP over ``width``.
-        pool: ``cls`` (class token) or ``mean`` (mean of the patch tokens) for the pooled output.
+        pool: ``cls`` (class token) or ``mean`` (mean of the patch tokens) for the pooled output;
+            kept as :attr:`token_pool` (``pool`` is the export config's key).
         pos_embed: ``sincos`` (fixed, MAE) or ``learned``.
+
+    Parameters are keyword-only. ``image_size``, ``width`` and ``num_heads`` have no defaults: the
+    encoder yamls set them (conf/encoder/vit_*.yaml).
 
     Features: ``patch_embed`` and ``block1``..``block{depth}`` are (B, 1 + L, width) token sequences
     with the class token first; ``pooled`` is (B, width) after the final LayerNorm.
@@ -69,11 +73,12 @@ class ViTEncoder(Encoder):
 
     def __init__(
         self,
-        image_size: int = 224,
+        *,
+        image_size: int,
         patch_size: int = 16,
-        width: int = 768,
+        width: int,
         depth: int = 12,
-        num_heads: int = 12,
+        num_heads: int,
         mlp_ratio: float = 4.0,
         pool: str = "cls",
         pos_embed: str = "sincos",
@@ -85,17 +90,6 @@ class ViTEncoder(Encoder):
             raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        self.config = {
-            "_target_": target_of(self),
-            "image_size": image_size,
-            "patch_size": patch_size,
-            "width": width,
-            "depth": depth,
-            "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio,
-            "pool": pool,
-            "pos_embed": pos_embed,
-        }
         vit = VisionTransformer(
             image_size=image_size,
             patch_size=patch_size,
@@ -104,7 +98,8 @@ class ViTEncoder(Encoder):
             hidden_dim=width,
             mlp_dim=int(width * mlp_ratio),
         )
-        self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
+        self.image_size, self.patch_size, self.token_pool = image_size, patch_size, pool
+        self.pos_embed = pos_embed
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
         self.patch_proj = vit.conv_proj
@@ -143,7 +138,7 @@ class ViTEncoder(Encoder):
         pos = self.pos_embedding[:, 1:]
         if (rows, cols) == (self.grid_size, self.grid_size):
             return pos
-        if self.config["pos_embed"] == "sincos" and rows == cols:
+        if self.pos_embed == "sincos" and rows == cols:
             return sincos_position_embedding(rows, self.out_dim).to(pos).unsqueeze(0)
         grid = pos.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
@@ -167,15 +162,32 @@ class ViTEncoder(Encoder):
         """
         return self.norm(self.blocks(self.add_class_token(tokens)))
 
-    def pool_tokens(self, tokens: Tensor) -> Tensor:
-        """(B, 1 + L, width) normalized tokens -> (B, width) by ``pool``."""
-        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay (timm's convention; :mod:`selfsup.training.optim`)."""
+        return {"class_token", "pos_embedding"}
+
+    def pool_tokens(self, tokens: Tensor, pool: str | None = None) -> Tensor:
+        """(B, 1 + L, width) normalized tokens -> (B, width).
+
+        Args:
+            tokens: the class token first.
+            pool: ``cls`` or ``mean``; None: this encoder's :attr:`token_pool`.
+        """
+        pool = pool or self.token_pool
+        if pool == "cls":
+            return tokens[:, 0]
+        if pool == "mean":
+            return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        raise ValueError(f"token pool must be 'cls' or 'mean', got {pool!r}")
 
     def forward(self, images: Tensor) -> Tensor:
         tokens = self.blocks(self.add_class_token(self.embed_patches(images)))
         return self.pool_tokens(self.norm(tokens))
 
-    def forward_features(self, images: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+    def forward_features(
+        self, images: Tensor, layers: Sequence[str], token_pool: str | None = None
+    ) -> dict[str, Tensor]:
+        """See :meth:`Encoder.forward_features`; ``pooled`` pools by ``token_pool`` when given."""
         self.check_layers(layers)
         wanted = set(layers)
         tokens = self.add_class_token(self.embed_patches(images))
@@ -186,7 +198,7 @@ class ViTEncoder(Encoder):
             tokens = block(tokens)
             out[f"block{i + 1}"] = tokens
         if "pooled" in wanted:
-            out["pooled"] = self.pool_tokens(self.norm(tokens))
+            out["pooled"] = self.pool_tokens(self.norm(tokens), token_pool)
         return {name: out[name] for name in layers}
 
     def stage_modules(self) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:

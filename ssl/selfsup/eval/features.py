@@ -12,8 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from selfsup.atomic import atomic_write
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders.base import Encoder, feature_shapes
+from selfsup.modes import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -107,27 +108,7 @@ def pool_feature(
 
 def resolve_token_pool(encoder: Encoder, token_pool: str | None) -> str:
     """The token pooling of a probe: ``token_pool``, or with None the encoder's own (a ViT's ``pool``)."""
-    own = getattr(encoder, "pool", None)
-    return token_pool or (own if isinstance(own, str) else "cls")
-
-
-@contextmanager
-def pooled_by(encoder: Encoder, token_pool: str) -> Iterator[None]:
-    """Within the block, a token encoder's ``pooled`` output pools by ``token_pool`` too.
-
-    A ViT's ``pooled`` follows its constructor's ``pool``; a probe that asks for the class token (or
-    the mean token) must get it at every layer, ``pooled`` included. Encoders without token pooling
-    (a ResNet's ``pool`` is a module) are left alone.
-    """
-    own = getattr(encoder, "pool", None)
-    if not isinstance(own, str) or own == token_pool:
-        yield
-        return
-    encoder.pool = token_pool  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        encoder.pool = own  # type: ignore[assignment]
+    return token_pool or encoder.token_pool or "cls"
 
 
 @torch.inference_mode()
@@ -145,7 +126,7 @@ def extract_features(
     """Pooled features of every image of a labeled split, with the encoder frozen in eval mode.
 
     Args:
-        encoder: any encoder; its mode is restored afterwards.
+        encoder: any encoder, run in eval mode; its mode is restored afterwards.
         datamodule: gives the split's centre-cropped loader and the device-side normalization.
         split: ``train`` or ``test``.
         layers: feature names (``encoder.stage_names`` or ``pooled``).
@@ -156,28 +137,24 @@ def extract_features(
         dtype: storage type of the returned features.
     """
     device = torch.device(device)
-    was_training = encoder.training
-    encoder.eval().to(device)
+    encoder.to(device)
     per_layer: dict[str, list[Tensor]] = {name: [] for name in layers}
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     prefix = getattr(encoder, "num_prefix_tokens", 1)
     token_pool = resolve_token_pool(encoder, token_pool)
-    try:
-        with pooled_by(encoder, token_pool):
-            for batch in datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size):
-                if batch["image"].shape[0] == 0:
-                    continue
-                batch = datamodule.to_device(batch, device)
-                maps = encoder.forward_features(batch["image"], layers)
-                for name in layers:
-                    grid = grids if isinstance(grids, int) else grids[name]
-                    pooled = pool_feature(maps[name], grid, token_pool, prefix)
-                    per_layer[name].append(_store_as(pooled, per_layer[name], dtype, name).cpu())
-                labels.append(batch["label"].cpu())
-                indices.append(batch["index"].cpu())
-    finally:
-        encoder.train(was_training)
+    with evaluating(encoder):
+        for batch in datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size):
+            if batch["image"].shape[0] == 0:
+                continue
+            batch = datamodule.to_device(batch, device)
+            maps = encoder.forward_features(batch["image"], layers, token_pool)
+            for name in layers:
+                grid = grids if isinstance(grids, int) else grids[name]
+                pooled = pool_feature(maps[name], grid, token_pool, prefix)
+                per_layer[name].append(_store_as(pooled, per_layer[name], dtype, name).cpu())
+            labels.append(batch["label"].cpu())
+            indices.append(batch["index"].cpu())
     if not labels:
         raise RuntimeError(f"no readable images in the '{split}' split")
     return FeatureSet(
@@ -245,9 +222,8 @@ class FeatureCache:
         tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
         if indices is not None:
             tensors["indices"] = indices.contiguous()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={"description": json.dumps(description, default=str)})
-        os.replace(tmp, path)
+        metadata = {"description": json.dumps(description, default=str)}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def cached_features(
