@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+
+from selfsup.data.datamodule import ImageDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -30,6 +33,33 @@ FAST = [
     "callbacks.progress_bar=null",
     "trainer.enable_progress_bar=false",
 ]
+
+
+def test_datamodule(**kwargs: Any) -> ImageDataModule:
+    """An :class:`ImageDataModule` for tests: no splits, 32 px, in-process loading, ImageNet statistics.
+
+    The DataModule itself has no defaults for what the data yamls configure; tests override these.
+    """
+    settings: dict[str, Any] = dict(
+        pretrain=None,
+        train=None,
+        test=None,
+        image_size=32,
+        batch_size=128,
+        num_workers=0,
+        crop_scale=(0.2, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        eval_crop_fraction=1.0,
+        pin_memory=False,
+        persistent_workers=False,
+        path=None,
+    )
+    return ImageDataModule(**{**settings, **kwargs})
+
+
+test_datamodule.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def options(group: str) -> list[str]:

@@ -14,16 +14,17 @@ from selfsup.data.sources import ArrayImages, FolderImages
 from selfsup.data.synthetic import synthetic
 from selfsup.data.transforms import normalize
 from selfsup.errors import DataError
+from tests.conftest import test_datamodule
 
 
 def _module(**kwargs) -> ImageDataModule:
     defaults = dict(
-        pretrain=partial(synthetic, 20, 40),
+        pretrain=partial(synthetic, 20, 40, seed=0),
         train=partial(synthetic, 20, 40, seed=1),
         image_size=24,
         batch_size=8,
     )
-    return ImageDataModule(**{**defaults, **kwargs})
+    return test_datamodule(**{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -75,7 +76,7 @@ def test_skipped_images_are_counted_once(tmp_path: Path) -> None:
             encode_png(torch.zeros(3, 30, 30, dtype=torch.uint8)).numpy().tobytes()
         )
     (tmp_path / "bad.png").write_bytes(b"nope")
-    dm = ImageDataModule(pretrain=partial(FolderImages, tmp_path), image_size=16, batch_size=7)
+    dm = test_datamodule(pretrain=partial(FolderImages, tmp_path, labeled=False), image_size=16, batch_size=7)
     dm.setup("fit")
     for _ in range(2):  # two epochs see the bad file twice
         for batch in dm.train_dataloader():
@@ -89,7 +90,7 @@ def test_train_and_test_must_have_the_same_classes(tmp_path: Path) -> None:
         for c in classes:
             (tmp_path / split / c).mkdir(parents=True)
             (tmp_path / split / c / "0.png").write_bytes(png)
-    dm = ImageDataModule(
+    dm = test_datamodule(
         train=partial(FolderImages, tmp_path / "train", labeled=True),
         test=partial(FolderImages, tmp_path / "test", labeled=True),
         image_size=8,

@@ -37,7 +37,7 @@ def test_unlabeled_folder_finds_images_at_any_depth(tmp_path: Path) -> None:
     _write(tmp_path / "x" / "y" / "b.JPG", encode_jpeg(_image(1)).numpy().tobytes())
     _write(tmp_path / "x" / "notes.txt", b"not an image")
     _write(tmp_path / "x" / ".hidden.png", b"")
-    source = FolderImages(tmp_path)
+    source = FolderImages(tmp_path, labeled=False)
     assert [Path(f).name for f in source.files] == ["a.png", "b.JPG"]
     assert not source.labeled
     sample = source.get(0)
@@ -57,10 +57,10 @@ def test_labeled_folder_uses_class_subfolders(tmp_path: Path) -> None:
 
 def test_missing_or_empty_folder_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nowhere does not exist"):
-        FolderImages(tmp_path / "nowhere")
+        FolderImages(tmp_path / "nowhere", labeled=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no images .* found under .*empty"):
-        FolderImages(tmp_path / "empty")
+        FolderImages(tmp_path / "empty", labeled=False)
 
 
 @pytest.mark.parametrize("kind", ["tar", "tar.gz", "zip"])
@@ -94,7 +94,7 @@ def test_archives_read_in_place(tmp_path: Path, kind: str) -> None:
 def test_corrupt_image_is_skipped_and_named(tmp_path: Path) -> None:
     _write(tmp_path / "good.png", encode_png(_image(0)).numpy().tobytes())
     _write(tmp_path / "broken.jpg", b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    dataset = ImageDataset(FolderImages(tmp_path), None, on_bad_image="skip")
+    dataset = ImageDataset(FolderImages(tmp_path, labeled=False), None, on_bad_image="skip")
     items = [dataset[i] for i in range(len(dataset))]
     assert isinstance(items[0], BadImage) and items[0].name.endswith("broken.jpg")
     batch = collate(items)
@@ -104,7 +104,7 @@ def test_corrupt_image_is_skipped_and_named(tmp_path: Path) -> None:
 
 def test_corrupt_image_stops_the_run_when_asked(tmp_path: Path) -> None:
     _write(tmp_path / "broken.png", b"garbage")
-    dataset = ImageDataset(FolderImages(tmp_path), None, on_bad_image="error")
+    dataset = ImageDataset(FolderImages(tmp_path, labeled=False), None, on_bad_image="error")
     with pytest.raises(UnreadableImageError, match=r"cannot decode image .*broken.png"):
         dataset[0]
 
@@ -120,7 +120,7 @@ def test_grayscale_rgba_and_webp_images_become_rgb(tmp_path: Path) -> None:
 
     Image.new("RGBA", (12, 12), (10, 20, 30, 128)).save(tmp_path / "rgba.png")
     Image.new("L", (12, 12), 7).save(tmp_path / "gray.webp")
-    dataset = ImageDataset(FolderImages(tmp_path), None)
+    dataset = ImageDataset(FolderImages(tmp_path, labeled=False), None)
     assert len(dataset) == 3
     assert all(dataset[i]["image"].shape == (3, 12, 12) for i in range(3))
 
@@ -151,7 +151,7 @@ def test_cifar_loads_through_torchvision(tmp_path: Path, monkeypatch: pytest.Mon
 
     # The files are in the official layout but not the official bytes, so skip the md5 checks.
     monkeypatch.setattr(cifar, "check_integrity", lambda *args: True)
-    source = cifar10(tmp_path, split="test")
+    source = cifar10(tmp_path, split="test", download=False)
     assert len(source) == 20 and source.classes == [f"c{i}" for i in range(10)]
     image = ImageDataset(source, None)[3]["image"]
     assert torch.equal(image, torch.from_numpy(pixels[3].reshape(3, 32, 32)))
@@ -159,9 +159,9 @@ def test_cifar_loads_through_torchvision(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_missing_torchvision_datasets_say_where_to_put_them(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"cifar10 not found under .*cifar-10-batches-py.*download=true"):
-        cifar10(tmp_path)
+        cifar10(tmp_path, split="train", download=False)
     with pytest.raises(DataError, match=r"stl10 not found under .*stl10_binary"):
-        stl10(tmp_path, split="unlabeled")
+        stl10(tmp_path, split="unlabeled", download=False)
 
 
 def test_synthetic_is_deterministic_and_balanced() -> None:
@@ -172,7 +172,7 @@ def test_synthetic_is_deterministic_and_balanced() -> None:
 
 
 def test_embedded_default_is_balanced_real_cifar10() -> None:
-    train, test = embedded_cifar10("train"), embedded_cifar10("test")
+    train, test = embedded_cifar10("train", labeled=True), embedded_cifar10("test", labeled=True)
     assert train.classes == test.classes and len(train.classes) == 10
     assert len(set(train.labels)) == 10 and len(train) % 10 == 0
     assert np.bincount(train.labels).min() == np.bincount(train.labels).max()

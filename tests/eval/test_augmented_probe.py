@@ -7,14 +7,14 @@ from functools import partial
 import pytorch_lightning as pl
 import torch
 
-from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.synthetic import synthetic
 from selfsup.encoders import ResNetEncoder
 from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
+from tests.conftest import test_datamodule
 
 
 def test_encoder_is_bit_identical_after_probing() -> None:
-    dm = ImageDataModule(
+    dm = test_datamodule(
         train=partial(synthetic, 32, 16, seed=1),
         test=partial(synthetic, 16, 16, seed=2),
         image_size=16,

@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.synthetic import synthetic
 from selfsup.encoders import Encoder, ResNetEncoder, ViTEncoder
 from selfsup.eval.finetune import FineTuner, LabeledSplits, frozen_stages, stage_param_groups
+from tests.conftest import test_datamodule
 
 RESNET_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
@@ -55,7 +55,7 @@ class _ModeRecorder(pl.Callback):
 
 
 def _fit(model: FineTuner, image_size: int, epochs: int = 2, steps_per_epoch: int = 2) -> _ModeRecorder:
-    data = ImageDataModule(
+    data = test_datamodule(
         train=partial(synthetic, num_images=32, image_size=image_size, num_classes=4, seed=1),
         test=partial(synthetic, num_images=16, image_size=image_size, num_classes=4, seed=2),
         image_size=image_size,

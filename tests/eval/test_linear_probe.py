@@ -7,11 +7,11 @@ from functools import partial
 import pytest
 import torch
 
-from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.synthetic import synthetic
 from selfsup.encoders import ResNetEncoder
 from selfsup.eval.features import FeatureSet, auto_grid, extract_features, probe_grids
 from selfsup.eval.linear_probe import LinearProbe, MultiLayerProbe, fit_linear_probes, probe_optimizer
+from tests.conftest import test_datamodule
 
 
 def test_probe_is_linear_with_a_parameter_free_norm() -> None:
@@ -37,7 +37,7 @@ def test_auto_grid_scales_to_small_images() -> None:
 
 def test_multi_layer_dimensions_follow_the_rule_and_the_encoder_is_untouched() -> None:
     encoder = ResNetEncoder(50)
-    dm = ImageDataModule(train=partial(synthetic, 6, 96, seed=1), image_size=224, batch_size=3)
+    dm = test_datamodule(train=partial(synthetic, 6, 96, seed=1), image_size=224, batch_size=3)
     layers = [*encoder.stage_names, "pooled"]
     grids = probe_grids(encoder, 224, layers, "auto")
     before = {k: v.clone() for k, v in encoder.state_dict().items()}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.sources import ImageSource
@@ -28,6 +28,8 @@ SPLITS = ("pretrain", "train", "test")
 
 class ImageDataModule(pl.LightningDataModule):
     """Images for pretraining (``pretrain``) and for downstream stages (``train``, ``test``).
+
+    Every argument is keyword-only; those the data yamls set differently (conf/data/) have no default.
 
     Args:
         pretrain: source of the pretraining images (labels, if any, are ignored).
@@ -53,22 +55,23 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        pretrain: SourceFactory | None = None,
-        train: SourceFactory | None = None,
-        test: SourceFactory | None = None,
-        image_size: int = 32,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        crop_scale: Sequence[float] = (0.2, 1.0),
-        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        *,
+        pretrain: SourceFactory | None,
+        train: SourceFactory | None,
+        test: SourceFactory | None,
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        crop_scale: Sequence[float],
+        crop_ratio: Sequence[float],
+        mean: Sequence[float],
+        std: Sequence[float],
+        eval_crop_fraction: float,
+        pin_memory: bool,
+        persistent_workers: bool,
+        path: str | None,
         hflip: bool = True,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
-        eval_crop_fraction: float = 1.0,
         on_bad_image: str = "skip",
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        path: str | None = None,
         download: bool = False,
     ) -> None:
         super().__init__()
@@ -133,7 +136,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = ImageDataset(self.source("pretrain"), self.train_augmentation(), self.on_bad_image)
-        return self._loader(dataset, shuffle=True, drop_last=True)
+        return self.loader(dataset, shuffle=True, drop_last=True)
 
     def train_augmentation(self) -> Callable:
         return train_transform(self.image_size, self.crop_scale, self.crop_ratio, self.hflip)
@@ -146,11 +149,20 @@ class ImageDataModule(pl.LightningDataModule):
             self.train_augmentation() if augment else eval_transform(self.image_size, self.eval_crop_fraction)
         )
         dataset = ImageDataset(self.source(split), transform, self.on_bad_image)
-        return self._loader(dataset, shuffle=augment, drop_last=False, batch_size=batch_size)
+        return self.loader(dataset, shuffle=augment, drop_last=False, batch_size=batch_size)
 
-    def _loader(
-        self, dataset: ImageDataset, shuffle: bool, drop_last: bool, batch_size: int | None = None
+    def loader(
+        self, dataset: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None
     ) -> DataLoader:
+        """The one loader rule of every stage: this datamodule's workers, pinning and collation.
+
+        Args:
+            dataset: an :class:`ImageDataset` or a subset of one.
+            shuffle: reshuffle every epoch.
+            drop_last: drop an incomplete last batch, unless the dataset is smaller than one batch
+                (then it is kept whole).
+            batch_size: images per batch; None: the datamodule's.
+        """
         return DataLoader(
             dataset,
             batch_size=batch_size or self.batch_size,

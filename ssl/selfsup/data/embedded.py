@@ -29,8 +29,8 @@ def archive_path() -> Path:
     return Path(str(resources.files("selfsup.data") / "embedded" / ARCHIVE_NAME))
 
 
-def embedded_cifar10(split: str = "train", labeled: bool = True) -> ArchiveImages:
-    """The embedded CIFAR-10 subset, ``split`` ``train`` or ``test``."""
+def embedded_cifar10(split: str, labeled: bool) -> ArchiveImages:
+    """The embedded CIFAR-10 subset, ``split`` ``train`` or ``test``, with its labels or without."""
     return ArchiveImages(archive_path(), prefix=split, labeled=labeled)
 
 

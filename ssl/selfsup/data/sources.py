@@ -93,7 +93,7 @@ class FolderImages(ImageSource):
     def __init__(
         self,
         root: str | os.PathLike[str],
-        labeled: bool = False,
+        labeled: bool,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
     ) -> None:
         self.root = _require_dir(root, "image folder")

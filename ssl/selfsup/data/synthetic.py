@@ -13,10 +13,8 @@ import torch
 from selfsup.data.sources import ArrayImages
 
 
-def synthetic(
-    num_images: int = 256, image_size: int = 32, num_classes: int = 4, seed: int = 0
-) -> ArrayImages:
-    """``num_images`` RGB images of ``image_size`` px in ``num_classes`` balanced classes."""
+def synthetic(num_images: int, image_size: int, num_classes: int = 4, *, seed: int) -> ArrayImages:
+    """``num_images`` RGB images of ``image_size`` px in ``num_classes`` balanced classes, drawn by ``seed``."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(num_images) % num_classes
     coords = torch.linspace(0, 1, image_size)

@@ -54,17 +54,17 @@ def cifar(
     return ArrayImages(ds.data, ds.targets, list(ds.classes), f"{name}:{root}:{split}")
 
 
-def cifar10(root: str | os.PathLike[str], split: str = "train", download: bool = False) -> ArrayImages:
+def cifar10(root: str | os.PathLike[str], split: str, download: bool) -> ArrayImages:
     """CIFAR-10 (Krizhevsky 2009) from torchvision."""
     return cifar(root, split, download, name="cifar10")
 
 
-def cifar100(root: str | os.PathLike[str], split: str = "train", download: bool = False) -> ArrayImages:
+def cifar100(root: str | os.PathLike[str], split: str, download: bool) -> ArrayImages:
     """CIFAR-100 (Krizhevsky 2009) from torchvision."""
     return cifar(root, split, download, name="cifar100")
 
 
-def stl10(root: str | os.PathLike[str], split: str = "train", download: bool = False) -> ArrayImages:
+def stl10(root: str | os.PathLike[str], split: str, download: bool) -> ArrayImages:
     """STL-10 (Coates et al. 2011), 96x96 px: ``train`` 5k, ``test`` 8k, ``unlabeled`` 100k."""
     if split not in _STL10_SPLITS:
         raise DataError(f"stl10 split must be one of {_STL10_SPLITS}, got {split!r}")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from selfsup.atomic import atomic_write_text
 from selfsup.config import check_complete, check_training
 from selfsup.encoders import export
 from selfsup.errors import ConfigError
@@ -19,16 +20,21 @@ from selfsup.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
-ENCODER_DIR = "encoder"
-INIT_ENCODER_DIR = "encoder_init"
+# Folder names inside the run directory, for code that imports them; RunDir owns the layout.
+ENCODER_DIR = RunDir.default(".").encoder.name
+INIT_ENCODER_DIR = RunDir.default(".").encoder_init.name
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
-    """The checkpoint to resume from: a path, ``auto`` (this run's last.ckpt, if any), or None."""
+def resolve_resume(resume: str | None, run: RunDir) -> str | None:
+    """The checkpoint to resume from: a path, ``auto`` (the run's configured last checkpoint, if any), or None."""
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = run.last_checkpoint
+        if last is None:
+            raise ConfigError(
+                "resume", "resume=auto needs the last_checkpoint callback (callbacks.last_checkpoint is null)"
+            )
         if last.is_file():
             log.info("resuming from %s", last)
             return str(last)
@@ -50,18 +56,16 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         The ``pretrain`` section of metrics.json: steps, epochs, time, throughput, final pretext metrics.
     """
     check_complete(cfg)
-    run_dir = Path(cfg.paths.run_dir)
+    run = RunDir.from_config(cfg)
     check_training(cfg)
     setup_runtime(cfg)
     encoder = build_encoder(cfg, check_image_size=False)  # the task checks what its encoder will see
     datamodule = build_datamodule(cfg, ["pretrain"])
     task = build_task(cfg, encoder)
-    resume = resolve_resume(cfg.get("resume"), run_dir)
+    resume = resolve_resume(cfg.get("resume"), run)
     input_spec = datamodule.input_spec()
     if resume is None:
-        export.save(
-            encoder, run_dir / INIT_ENCODER_DIR, input_spec, {"task": None, "steps": 0, "seed": int(cfg.seed)}
-        )
+        export.save(encoder, run.encoder_init, input_spec, {"task": None, "steps": 0, "seed": int(cfg.seed)})
     if cfg.get("channels_last"):
         task.memory_format = torch.channels_last
         task.to(memory_format=torch.channels_last)
@@ -94,15 +98,13 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
             "task": cfg.task._target_,
             "steps": results["steps"],
             "seed": int(cfg.seed),
-            "run_dir": str(run_dir),
+            "run_dir": str(run.root),
         }
-        export.save(task.encoder, run_dir / ENCODER_DIR, input_spec, meta)
+        export.save(task.encoder, run.encoder, input_spec, meta)
         if datamodule.bad_images:
-            (run_dir / "bad_images.txt").write_text("\n".join(sorted(datamodule.bad_images)) + "\n")
+            atomic_write_text(run.bad_images, "\n".join(sorted(datamodule.bad_images)) + "\n")
             log.warning(
-                "%d unreadable images were skipped; listed in %s",
-                len(datamodule.bad_images),
-                run_dir / "bad_images.txt",
+                "%d unreadable images were skipped; listed in %s", len(datamodule.bad_images), run.bad_images
             )
-        RunDir.default(run_dir).update_metrics("pretrain", results)
+        run.update_metrics("pretrain", results)
     return results
