@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,46 @@ def test_identity_follows_the_weights_file_and_the_architecture(tmp_path: Path) 
     )
     assert identity(tmp_path / "a") != first
     assert not list((tmp_path / "a").glob(".*tmp*")), "no temporary files are left behind"
+
+
+# One non-default value per constructor parameter, so a parameter missing from the config shows.
+NON_DEFAULT = {
+    ResNetEncoder: dict(depth=34, cifar_stem=True, zero_init_residual=True),
+    ViTEncoder: dict(
+        image_size=24,
+        patch_size=8,
+        width=32,
+        depth=1,
+        num_heads=4,
+        mlp_ratio=2.0,
+        pool="mean",
+        pos_embed="learned",
+    ),
+}
+
+
+@pytest.mark.parametrize("cls", list(NON_DEFAULT), ids=lambda c: c.__name__)
+def test_every_constructor_parameter_is_in_the_config_and_round_trips(tmp_path: Path, cls) -> None:
+    parameters = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    assert sorted(NON_DEFAULT[cls]) == sorted(parameters), "NON_DEFAULT must cover every parameter"
+    encoder = cls(**NON_DEFAULT[cls])
+    assert encoder.config == {"_target_": f"{cls.__module__}.{cls.__qualname__}", **NON_DEFAULT[cls]}
+    loaded = load(save(encoder, tmp_path / "export"))
+    assert type(loaded) is cls and loaded.config == encoder.config
+
+
+def test_the_config_records_defaults_and_the_most_derived_class() -> None:
+    class Wider(ResNetEncoder):
+        def __init__(self, depth: int, extra: int = 3) -> None:
+            super().__init__(depth, cifar_stem=True)
+
+    assert ResNetEncoder(18).config["cifar_stem"] is False
+    assert Wider(18).config == {"_target_": f"{__name__}.{Wider.__qualname__}", "depth": 18, "extra": 3}
+
+
+def test_an_encoder_constructor_with_star_args_is_refused() -> None:
+    with pytest.raises(TypeError, match="named parameters only"):
+
+        class Loose(ResNetEncoder):
+            def __init__(self, *args: int) -> None:
+                super().__init__(*args)

@@ -59,4 +59,16 @@ def test_a_few_steps_reduce_the_loss() -> None:
         optimizer.step()
         losses.append(out.loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    assert 0.0 <= out.metrics["rotation_acc"] <= 1.0
+
+
+def test_rotation_accuracy_is_the_fraction_predicted_right() -> None:
+    task = RotNet(ResNetEncoder(18, cifar_stem=True), rotations="all")
+    final = task.head[-1]
+    with torch.no_grad():  # a head that always predicts "no rotation": right on one input in four
+        final.weight.zero_()
+        final.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert task.pretext_step(torch.randn(3, 3, 16, 16)).metrics["rotation_acc"].item() == 0.25
+
+
+def test_defaults_train_what_task_rotnet_trains() -> None:
+    assert RotNet(ResNetEncoder(18, cifar_stem=True)).rotations == "random"

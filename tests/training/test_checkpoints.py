@@ -87,3 +87,18 @@ def test_resume_from_a_missing_checkpoint_is_named(make_cfg, tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match=r"'resume'.*does not exist"):
         pretrain(make_cfg([*EPOCHS, f"resume={tmp_path / 'nope.ckpt'}"]))
+
+
+def test_resume_auto_reads_the_configured_checkpoint(make_cfg, tmp_path: Path) -> None:
+    from selfsup.errors import ConfigError
+    from selfsup.run_dir import RunDir
+    from selfsup.stages.pretrain import resolve_resume
+
+    cfg = make_cfg([f"callbacks.last_checkpoint.dirpath={tmp_path / 'elsewhere'}"])
+    run = RunDir.from_config(cfg)
+    assert resolve_resume("auto", run) is None, "nothing to resume yet"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "last.ckpt").write_bytes(b"")
+    assert resolve_resume("auto", run) == str(tmp_path / "elsewhere" / "last.ckpt")
+    with pytest.raises(ConfigError, match="last_checkpoint"):
+        resolve_resume("auto", RunDir.from_config(make_cfg(["callbacks.last_checkpoint=null"])))

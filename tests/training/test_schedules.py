@@ -1,4 +1,4 @@
-"""Schedules and the derived learning rate."""
+"""Schedules, the derived learning rate and the one weight-decay rule."""
 
 from __future__ import annotations
 
@@ -7,9 +7,22 @@ from itertools import pairwise
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from selfsup.training.optim import build_optimizer, derived_lr, param_groups
-from selfsup.training.schedules import constant, warmup_cosine, warmup_step
+from selfsup.encoders import ResNetEncoder, ViTEncoder
+from selfsup.eval.finetune import stage_param_groups
+from selfsup.tasks.mae import MAE
+from selfsup.tasks.rotnet import RotNet
+from selfsup.tasks.simmim import SimMIM
+from selfsup.training.optim import build_optimizer, derived_lr, no_weight_decay_ids, param_groups
+from selfsup.training.schedules import (
+    constant,
+    lightning_optimizers,
+    warmup_cosine,
+    warmup_step,
+    warmup_steps_of,
+)
+from tests.conftest import CONF
 
 
 def _lrs(make, total: int = 100, **kwargs) -> list[float]:
@@ -56,3 +69,87 @@ def test_biases_and_norms_are_not_decayed() -> None:
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3
     optimizer = build_optimizer(torch.optim.AdamW, [net], lr=0.01, weight_decay=0.1)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_no_warmup_is_the_probes_cosine_from_lr_to_zero() -> None:
+    lrs = _lrs(warmup_cosine, total=50, warmup_fraction=0.0)
+    assert lrs == [2.0 * (0.5 * (1 + math.cos(math.pi * s / 50))) for s in range(50)]  # exactly
+
+
+def test_a_positive_warmup_fraction_warms_up_at_least_one_step() -> None:
+    assert (
+        warmup_steps_of(0.0, 100) == 0
+        and warmup_steps_of(0.001, 100) == 1
+        and warmup_steps_of(0.05, 400) == 20
+    )
+
+
+def test_lightning_optimizers_steps_the_scheduler_every_step() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = constant(optimizer, total_steps=10)
+    assert lightning_optimizers(optimizer) is optimizer
+    assert lightning_optimizers(optimizer, scheduler) == {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+    }
+
+
+class _WithToken(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = torch.nn.Parameter(torch.zeros(1, 1, 4))
+        self.proj = torch.nn.Linear(4, 4)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"token"}
+
+
+def test_no_weight_decay_names_and_1d_parameters_are_exempt() -> None:
+    net = torch.nn.Sequential(_WithToken(), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups([net], weight_decay=0.1)
+    assert [p.shape for p in decay["params"]] == [(4, 4)]
+    assert {tuple(p.shape) for p in no_decay["params"]} == {(1, 1, 4), (4,)}
+    (everything,) = param_groups([net], weight_decay=0.1, no_decay_bias_and_norm=False)
+    assert len(everything["params"]) == len(list(net.parameters()))
+
+
+def test_a_misnamed_exemption_is_an_error() -> None:
+    module = _WithToken()
+    module.no_weight_decay = lambda: {"tokn"}  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="names 'tokn'"):
+        no_weight_decay_ids([module])
+
+
+def test_pretraining_and_fine_tuning_split_a_vit_the_same_way() -> None:
+    vit = ViTEncoder(image_size=16, patch_size=4, width=32, depth=1, num_heads=2, pos_embed="learned")
+    _, no_decay = param_groups([vit], weight_decay=0.05)
+    pretraining = {id(p) for p in no_decay["params"]}
+    assert id(vit.class_token) in pretraining and id(vit.pos_embedding) in pretraining
+    fine_tuning = {
+        id(p)
+        for g in stage_param_groups(vit, 1e-3, weight_decay=0.05)
+        if g["weight_decay"] == 0
+        for p in g["params"]
+    }
+    assert fine_tuning == pretraining
+
+
+def test_mae_and_simmim_mask_tokens_are_not_decayed() -> None:
+    vit = ViTEncoder(image_size=16, patch_size=4, width=32, depth=1, num_heads=2)
+    mae = MAE(vit, decoder_width=16, decoder_depth=1, decoder_heads=2, reconstructions=None)
+    _, no_decay = param_groups([mae.encoder, *mae.heads()], weight_decay=0.05)
+    assert id(mae.decoder.mask_token) in {id(p) for p in no_decay["params"]}
+    simmim = SimMIM(ResNetEncoder(18, cifar_stem=True), image_size=16, reconstructions=None)
+    _, no_decay = param_groups([simmim.encoder, *simmim.heads()], weight_decay=0.05)
+    assert id(simmim.fill.value) in {id(p) for p in no_decay["params"]}
+
+
+def test_a_task_without_optim_settings_uses_the_shipped_adamw() -> None:
+    task = RotNet(ResNetEncoder(18, cifar_stem=True))
+    shipped = OmegaConf.load(CONF / "optim" / "adamw.yaml")
+    assert (task.optim.lr, task.optim.weight_decay, task.optim.lr_scaling) == (
+        shipped.lr,
+        shipped.weight_decay,
+        shipped.lr_scaling,
+    )
+    assert task.optim.optimizer.func is torch.optim.AdamW

@@ -38,8 +38,9 @@ def warmup_cosine(
     def factor(step: int) -> float:
         if step < warmup_steps:
             return _warmup(step, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        span = max(1, total_steps - warmup_steps)
+        angle = math.pi * min(step - warmup_steps, span) / span
+        return final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(angle))
 
     return LambdaLR(optimizer, factor)
 
