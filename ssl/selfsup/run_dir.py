@@ -11,7 +11,7 @@ Every stage writes into one folder per run (``paths.run_dir``, set by Hydra)::
     bad_images.txt           images that could not be decoded and were skipped
     reconstructions/         MAE/SimMIM grids;  puzzles.png: Jigsaw puzzles
     finetune/<label>/seed<seed>/   fine-tuning curves
-    embeddings.npz           ``selfsup-embed``'s features
+    embeddings.npz, embedding_<method>.png   ``selfsup-embed``'s features and their 2-D map
 
 The checkpoint and log folders are whatever the callback and logger configs say; :meth:`RunDir.from_config`
 reads them there, so ``resume=auto`` and the training curves follow a changed yaml. Every file is
@@ -31,6 +31,16 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup.atomic import atomic_write_text
 
 CSV_LOGGER = "CSVLogger"
+
+
+class _Child:
+    """A fixed name inside the run directory: ``RunDir.<attribute>`` is ``root / name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: RunDir, owner: type | None = None) -> Path:
+        return run.root / self.name
 
 
 @dataclass(frozen=True)
@@ -102,46 +112,21 @@ class RunDir:
         except Exception:  # an interpolation only Hydra could resolve: fall back to the default layout
             return cls.default(root)
 
-    # -- fixed names ---------------------------------------------------------------------------
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
+    # -- fixed names (the layout of the module docstring) --------------------------------------
+    metrics = _Child("metrics.json")
+    report = _Child("report.md")
+    figures = _Child("figures")
+    encoder = _Child("encoder")
+    encoder_init = _Child("encoder_init")
+    bad_images = _Child("bad_images.txt")
+    reconstructions = _Child("reconstructions")
+    puzzles = _Child("puzzles.png")
+    embeddings = _Child("embeddings.npz")
+    hydra_dir = _Child(".hydra")
 
-    @property
-    def report(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def encoder(self) -> Path:
-        return self.root / "encoder"
-
-    @property
-    def encoder_init(self) -> Path:
-        return self.root / "encoder_init"
-
-    @property
-    def bad_images(self) -> Path:
-        return self.root / "bad_images.txt"
-
-    @property
-    def reconstructions(self) -> Path:
-        return self.root / "reconstructions"
-
-    @property
-    def puzzles(self) -> Path:
-        return self.root / "puzzles.png"
-
-    @property
-    def embeddings(self) -> Path:
-        return self.root / "embeddings.npz"
-
-    @property
-    def hydra_dir(self) -> Path:
-        return self.root / ".hydra"
+    def embedding_map(self, method: str) -> Path:
+        """``selfsup-embed``'s 2-D map of the features (``tsne``, ``umap``)."""
+        return self.root / f"embedding_{method}.png"
 
     def finetune_logs(self, label: str, seed: int) -> Path:
         """Folder of one fine-tuning run's ``metrics.csv``."""

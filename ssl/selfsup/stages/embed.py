@@ -72,7 +72,7 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
             points,
             features.labels.numpy()[keep],
             source.classes,
-            run_dir.root / f"embedding_{method}.png",
+            run_dir.embedding_map(method),
             title,
         )
         results["figure"] = str(figure)
