@@ -139,3 +139,27 @@ def test_the_walk_finds_nested_targets_and_merges_the_data_base() -> None:
     data = load_yaml(CONF / "data" / "cifar10.yaml")
     assert data["_target_"] == "selfsup.data.ImageDataModule" and data["hflip"] is True
     assert data["num_workers"] == 2, "the option's own value wins over the base's"
+
+
+# Library functions that an eval section feeds key by key (the stages pass each value on by name).
+# Keys of the section that are not parameters (layers, mode, seeds, ...) are the stage's own.
+EVAL_SECTIONS = {
+    "linear_probe": "selfsup.eval.linear_probe.fit_linear_probes",
+    "knn": "selfsup.eval.knn.knn_accuracy",
+    "finetune": "selfsup.eval.finetune.FineTuner",
+}
+EVAL_YAMLS = sorted((CONF / "eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EVAL_YAMLS, ids=lambda p: p.name)
+def test_eval_function_defaults_equal_every_eval_yaml(path: Path) -> None:
+    doc = load_yaml(path)
+    problems = [
+        f"eval/{path.name}: {section}.{key} = {value!r}, but {target} defaults to {default!r}"
+        for section, target in EVAL_SECTIONS.items()
+        if isinstance(doc.get(section), dict)
+        for key, value, default in disagreements(doc[section], resolve(target))
+        # device: the stage resolves the yaml's `auto` to a torch device before passing it on.
+        if default != "<no such parameter>" and key != "device"
+    ]
+    assert not problems, "Python and yaml defaults disagree:\n" + "\n".join(problems)

@@ -16,6 +16,12 @@ from selfsup.encoders import Encoder, ResNetEncoder, ViTEncoder
 from selfsup.eval.finetune import FineTuner, LabeledSplits, frozen_stages, stage_param_groups
 from tests.conftest import test_datamodule
 
+
+def finetuner(encoder: Encoder, *args: Any, **kwargs: Any) -> FineTuner:
+    """A FineTuner with AdamW and a constant rate (the stage passes conf/eval/finetune.yaml's)."""
+    return FineTuner(encoder, *args, optimizer=torch.optim.AdamW, schedule=None, **kwargs)
+
+
 RESNET_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
@@ -89,7 +95,7 @@ def test_frozen_stages_are_unchanged_and_the_others_train(
     make_encoder, freeze_until: str, image_size: int
 ) -> None:
     encoder = make_encoder()
-    model = FineTuner(encoder, num_classes=4, freeze_until=freeze_until, encoder_lr=1e-2, head_lr=1e-2)
+    model = finetuner(encoder, num_classes=4, freeze_until=freeze_until, encoder_lr=1e-2, head_lr=1e-2)
     frozen = frozen_stages(encoder.stage_names, freeze_until)
     before = _stage_tensors(encoder)
     head_before = model.head.weight.detach().clone()
@@ -116,7 +122,7 @@ def test_frozen_stages_names_the_prefix_up_to_freeze_until() -> None:
 
 
 def test_train_mode_never_reaches_frozen_stages() -> None:
-    model = FineTuner(_resnet(), num_classes=3, freeze_until="stage1")
+    model = finetuner(_resnet(), num_classes=3, freeze_until="stage1")
     model.eval().train()
     assert not any(m.training for m in [*model.encoder.stem.modules(), *model.encoder.stage1.modules()])
     assert all(m.training for m in [*model.encoder.stage2.modules(), *model.head.modules()])
@@ -135,7 +141,7 @@ def _mae_layer_id(name: str, num_layers: int) -> int:
 
 def test_layer_decay_follows_mae_per_vit_block() -> None:
     depth, decay, encoder_lr, head_lr, wd = 4, 0.5, 1.0, 3.0, 0.05
-    model = FineTuner(
+    model = finetuner(
         _vit(depth), 5, encoder_lr=encoder_lr, head_lr=head_lr, layer_decay=decay, weight_decay=wd
     )
     group_of = {id(p): g for g in model.param_groups() for p in g["params"]}
@@ -155,14 +161,14 @@ def test_layer_decay_follows_mae_per_vit_block() -> None:
 
 
 def test_layer_decay_per_resnet_stage_and_frozen_stages_have_no_rate() -> None:
-    model = FineTuner(_resnet(), 10, freeze_until="stem", encoder_lr=0.1, head_lr=1.0, layer_decay=0.5)
+    model = finetuner(_resnet(), 10, freeze_until="stem", encoder_lr=0.1, head_lr=1.0, layer_decay=0.5)
     assert model.stage_lrs() == pytest.approx(
         {"stem": None, "stage1": 0.1 * 0.5**4, "stage2": 0.1 * 0.5**3, "stage3": 0.1 * 0.5**2,
          "stage4": 0.1 * 0.5, "head": 1.0}
     )  # fmt: skip
     grouped = {id(p) for g in model.param_groups() for p in g["params"]}
     assert not any(id(p) in grouped for p in model.encoder.stem.parameters())
-    without_decay = FineTuner(_resnet(), 10, encoder_lr=0.1, layer_decay=1.0)
+    without_decay = finetuner(_resnet(), 10, encoder_lr=0.1, layer_decay=1.0)
     assert {without_decay.stage_lrs()[s] for s in RESNET_STAGES} == {0.1}
 
 
@@ -174,7 +180,7 @@ def test_a_parameter_outside_every_stage_is_refused() -> None:
 
 
 def test_a_vit_takes_another_image_size_and_class_count() -> None:
-    model = FineTuner(_vit(), num_classes=3)  # built for 16 px
+    model = finetuner(_vit(), num_classes=3)  # built for 16 px
     logits = model(torch.randn(2, 3, 24, 24))
     assert logits.shape == (2, 3)
     logits.sum().backward()

@@ -27,7 +27,6 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -146,11 +145,14 @@ class FineTuner(pl.LightningModule):
         weight_decay: for weights; biases, norm parameters and what ``no_weight_decay()`` names get none.
         no_decay_bias_and_norm: exempt those from weight decay (MAE, timm); false decays everything.
         label_smoothing: of the cross-entropy targets.
-        optimizer: ``factory(param_groups, lr=head_lr)``, e.g. a ``_partial_`` AdamW; AdamW if None.
-        schedule: ``factory(optimizer, total_steps=...)`` returning a per-step scheduler, or None.
+        optimizer: ``factory(param_groups, lr=head_lr)``, e.g. ``torch.optim.AdamW`` or the
+            ``_partial_`` one of conf/eval/finetune.yaml.
+        schedule: ``factory(optimizer, total_steps=...)`` returning a per-step scheduler, or None for
+            a constant rate (conf/eval/finetune.yaml's is a warmup-cosine).
 
     Example:
-        >>> model = FineTuner(selfsup.encoders.load(path), num_classes=10, freeze_until="stage2")
+        >>> model = FineTuner(selfsup.encoders.load(path), num_classes=10, freeze_until="stage2",
+        ...                   optimizer=torch.optim.AdamW, schedule=None)
         >>> model(images).shape  # images: (B, 3, H, W), normalized
         torch.Size([B, 10])
     """
@@ -166,8 +168,9 @@ class FineTuner(pl.LightningModule):
         weight_decay: float = 0.05,
         no_decay_bias_and_norm: bool = True,
         label_smoothing: float = 0.0,
-        optimizer: Callable[..., Optimizer] | None = None,
-        schedule: Callable[..., Any] | None = None,
+        *,
+        optimizer: Callable[..., Optimizer],
+        schedule: Callable[..., Any] | None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "optimizer", "schedule"])
@@ -238,7 +241,7 @@ class FineTuner(pl.LightningModule):
         return lrs
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or torch.optim.AdamW
+        factory = self.optimizer_factory
         optimizer = factory(self.param_groups(), lr=self.hparams["head_lr"])
         log.info("fine-tuning learning rate per stage (None: frozen): %s", self.stage_lrs())
         if self.schedule is None:
