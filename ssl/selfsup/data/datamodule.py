@@ -13,7 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Subset
 
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.sources import ImageSource
@@ -152,7 +152,7 @@ class ImageDataModule(pl.LightningDataModule):
         return self.loader(dataset, shuffle=augment, drop_last=False, batch_size=batch_size)
 
     def loader(
-        self, dataset: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None
+        self, dataset: ImageDataset | Subset, shuffle: bool, drop_last: bool, batch_size: int | None = None
     ) -> DataLoader:
         """The one loader rule of every stage: this datamodule's workers, pinning and collation.
 

@@ -80,10 +80,12 @@ class OptimSettings:
         """The settings of the shipped ``conf/optim/<name>.yaml`` (what ``optim=<name>`` selects)."""
         from importlib.resources import files
 
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
-        text = files("selfsup.conf").joinpath("optim", f"{name}.yaml").read_text()
-        return cls.from_config(OmegaConf.create(text))
+        text = files("selfsup.conf").joinpath("optim").joinpath(f"{name}.yaml").read_text()
+        node = OmegaConf.create(text)
+        assert isinstance(node, DictConfig)
+        return cls.from_config(node)
 
     def lr_for(self, effective_batch: int) -> float:
         """The learning rate used at ``effective_batch`` images per optimizer step."""
