@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
-from torchvision.io import ImageReadMode, decode_image
 
+from selfsup.data.decode import decode
 from selfsup.data.sources import ImageSource
 from selfsup.errors import DataError, UnreadableImageError
 
@@ -28,16 +28,6 @@ class BadImage:
 
     def __init__(self, name: str) -> None:
         self.name = name
-
-
-def decode(sample_data: Tensor, name: str) -> Tensor:
-    """Encoded bytes (1-D uint8) or a decoded image -> (3, H, W) uint8 RGB."""
-    if sample_data.ndim == 3:
-        return sample_data
-    try:
-        return decode_image(sample_data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        raise UnreadableImageError(name, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
 class ImageDataset(Dataset):
