@@ -165,9 +165,23 @@ def test_missing_mandatory_path_is_named(make_cfg) -> None:
 
 def test_missing_folder_is_named_and_nothing_is_written(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(["data=folder", f"data.path={tmp_path / 'nowhere'}"])
-    with pytest.raises(ConfigError, match=r"'data.pretrain'.*nowhere.*does not exist"):
+    with pytest.raises(ConfigError, match=r"'data.path'.*nowhere.*does not exist"):
         pretrain(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_data_path_does_not_scan_the_working_directory(make_cfg, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'data.path': is empty"):
+        pretrain(make_cfg(["data=folder", "data.path="]))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_path_that_is_a_file_is_named(make_cfg, tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"'data.path'.*photo.jpg is a file; data.pretrain reads a folder"):
+        pretrain(make_cfg(["data=imagefolder", f"data.path={tmp_path / 'photo.jpg'}"]))
+    with pytest.raises(ConfigError, match=r"'data.path'.*photo.jpg is a file"):
+        pretrain(make_cfg(["data=folder", f"data.path={tmp_path / 'photo.jpg'}"]))
 
 
 def test_zero_batch_size_is_named(make_cfg) -> None:

@@ -94,10 +94,41 @@ def check_data(cfg: DictConfig, key: str = "data") -> None:
     require_positive_int(cfg, f"{key}.image_size")
     require_positive_int(cfg, f"{key}.num_workers", allow_zero=True)
     require_choice(cfg, f"{key}.on_bad_image", ("skip", "error"))
+    check_data_path(cfg, key)
     for name in (f"{key}.crop_scale", f"{key}.crop_ratio"):
         low, high = select(cfg, name)
         if not 0 < low <= high:
             raise ConfigError(name, f"must be [low, high] with 0 < low <= high, got [{low}, {high}]")
+
+
+def check_data_path(cfg: DictConfig, key: str = "data") -> None:
+    """``<key>.path`` is not empty, and is an existing folder when a split reads image folders from it.
+
+    An empty path would silently scan the working directory; a file where a folder is expected would
+    fail later with a message naming the split instead of the key the user set.
+    """
+    node = cfg.get(key)
+    if node is None or "path" not in node:
+        return
+    path = select(cfg, f"{key}.path")
+    if path is None:
+        return
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(
+            f"{key}.path", f"is empty; set it to a folder of images, e.g. {key}.path=/my/images"
+        )
+    folders = [
+        split
+        for split in ("pretrain", "train", "test")
+        if node.get(split) is not None and str(node[split].get("_target_", "")).endswith(".FolderImages")
+    ]
+    if not folders:
+        return
+    where = Path(path).expanduser()
+    if where.is_file():
+        raise ConfigError(f"{key}.path", f"{where} is a file; {key}.{folders[0]} reads a folder of images")
+    if not where.exists():
+        raise ConfigError(f"{key}.path", f"{where} does not exist")
 
 
 def check_training(cfg: DictConfig) -> None:

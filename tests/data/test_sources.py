@@ -197,3 +197,22 @@ def test_build_archive_takes_the_first_images_of_each_class(tmp_path: Path) -> N
     assert out.read_bytes() == first, "the archive's bytes are reproducible"
     names = ArchiveImages(out, "train", labeled=True).names
     assert names == ["train/a/0000.jpg", "train/a/0001.jpg", "train/b/0000.jpg", "train/b/0001.jpg"]
+
+
+def test_a_folder_source_refuses_an_empty_path_or_a_file(tmp_path: Path) -> None:
+    from selfsup.data.sources import FolderImages
+    from selfsup.errors import DataError
+
+    with pytest.raises(DataError, match="path is empty"):
+        FolderImages("", labeled=False)
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        FolderImages(tmp_path / "a.jpg", labeled=False)
+
+
+def test_a_zero_byte_file_is_an_empty_sample_not_a_crash(tmp_path: Path) -> None:
+    from selfsup.data.sources import FolderImages
+
+    (tmp_path / "a.jpg").write_bytes(b"")
+    sample = FolderImages(tmp_path, labeled=False).get(0)
+    assert sample.data.numel() == 0 and sample.name.endswith("a.jpg")

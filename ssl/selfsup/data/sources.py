@@ -69,12 +69,24 @@ class ImageSource:
         return self.classes is not None
 
 
+def encoded(data: bytes) -> Tensor:
+    """File bytes as a 1-D uint8 tensor; an empty file is an empty tensor (decoding names it a bad image)."""
+    if not data:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
 def _is_image(name: str, extensions: Sequence[str]) -> bool:
     return name.lower().endswith(tuple(extensions)) and not Path(name).name.startswith(".")
 
 
 def _require_dir(root: str | os.PathLike[str], what: str) -> Path:
+    """``root`` as a folder that exists; an empty path (which would mean the working directory) is refused."""
+    if not str(root).strip():
+        raise DataError(f"{what}: the path is empty (it would scan the working directory); name a folder")
     path = Path(root).expanduser()
+    if path.is_file():
+        raise DataError(f"{what}: {path} is a file, not a folder of images")
     if not path.is_dir():
         raise DataError(f"{what}: folder {path} does not exist")
     return path
@@ -131,7 +143,7 @@ class FolderImages(ImageSource):
 
     def get(self, index: int) -> Sample:
         with open(self.files[index], "rb") as f:
-            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            data = encoded(f.read())
         return Sample(data, self.labels[index], self.name(index))
 
     def fingerprint(self) -> str:
@@ -242,7 +254,7 @@ class ArchiveImages(ImageSource):
         return f"{self.path}:{self.names[index]}"
 
     def get(self, index: int) -> Sample:
-        data = torch.frombuffer(bytearray(self.read(index)), dtype=torch.uint8)
+        data = encoded(self.read(index))
         return Sample(data, self.labels[index], self.name(index))
 
     def fingerprint(self) -> str:
