@@ -55,6 +55,7 @@ def test_datamodule(**kwargs: Any) -> ImageDataModule:
         pin_memory=False,
         persistent_workers=False,
         path=None,
+        seed=0,
     )
     return ImageDataModule(**{**settings, **kwargs})
 

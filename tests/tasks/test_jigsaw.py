@@ -170,7 +170,7 @@ def test_accuracies_count_right_puzzles_and_right_tiles(monkeypatch: pytest.Monk
     labels, predicted = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 5, 6])
     tiles = torch.randn(4, 9, 3, 8, 8)
     puzzles = Puzzles(tiles, labels, perms[labels], torch.zeros(4, 2), torch.zeros(4, 9, 2))
-    monkeypatch.setattr(task, "puzzles", lambda images: puzzles)
+    monkeypatch.setattr(task, "puzzles", lambda images, keys=None: puzzles)
     monkeypatch.setattr(task, "solve", lambda tiles: torch.nn.functional.one_hot(predicted, 10).float())
     out = task.pretext_step(torch.randn(4, 3, 36, 36))
     # Two of four puzzles right; a wrong permutation still places 9 - (Hamming distance) tiles right.

@@ -3,6 +3,9 @@
 Each split is a *source factory* from the config (a ``_partial_`` callable returning an
 :class:`~selfsup.data.sources.ImageSource`), so any source works for any split. Workers decode and
 apply the base augmentation to uint8 tensors; ``on_after_batch_transfer`` normalizes on the device.
+
+The pretraining loader's order and every sample's random key come from the run's seed
+(:mod:`selfsup.data.sampler`): the same on any number of processes, and resumable mid-epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from selfsup.data.dataset import ImageDataset, collate
+from selfsup.data.sampler import EpochSampler, ResumableLoader
 from selfsup.data.sources import ImageSource
 from selfsup.data.transforms import eval_transform, normalize, train_transform
 from selfsup.errors import DataError
@@ -51,6 +55,7 @@ class ImageDataModule(pl.LightningDataModule):
         path: where the data lives (folder, archive or dataset root); the split configs refer to it
             as ``${..path}``, and it is kept here to say where the data came from.
         download: whether torchvision datasets may download (referenced by the split configs).
+        seed: the run's seed (``${seed}``): the pretraining order and each sample's random key.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class ImageDataModule(pl.LightningDataModule):
         pin_memory: bool,
         persistent_workers: bool,
         path: str | None,
+        seed: int,
         hflip: bool = True,
         on_bad_image: str = "skip",
         download: bool = False,
@@ -83,7 +89,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.pin_memory = pin_memory and torch.cuda.is_available()  # nothing to pin for without a GPU
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.path, self.download = path, download
+        self.path, self.download, self.seed = path, download, int(seed)
         self._sources: dict[str, ImageSource] = {}
         self.bad_images: set[str] = set()
 
@@ -134,9 +140,29 @@ class ImageDataModule(pl.LightningDataModule):
         if stage in (None, "fit"):
             self.source("pretrain")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """The pretraining loader: keyed samples in this rank's share of the epoch's order."""
         dataset = ImageDataset(self.source("pretrain"), self.train_augmentation(), self.on_bad_image)
-        return self.loader(dataset, shuffle=True, drop_last=True)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        drop_last = len(dataset) >= self.batch_size * world  # as `loader`: keep a set smaller than a batch
+        sampler = EpochSampler(
+            len(dataset), seed=self.seed, shuffle=True, drop_last=drop_last, num_replicas=world, rank=rank
+        )
+        return ResumableLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            batches_done=self._batches_done,
+            **self._loader_settings(),
+        )
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the training loop has finished (what a checkpoint resumes after)."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_augmentation(self) -> Callable:
         return train_transform(self.image_size, self.crop_scale, self.crop_ratio, self.hflip)
@@ -168,6 +194,12 @@ class ImageDataModule(pl.LightningDataModule):
             batch_size=batch_size or self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last and len(dataset) >= (batch_size or self.batch_size),
+            **self._loader_settings(),
+        )
+
+    def _loader_settings(self) -> dict[str, Any]:
+        """What every loader of this datamodule shares: workers, collation, pinning."""
+        return dict(
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,

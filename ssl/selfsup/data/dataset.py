@@ -4,7 +4,8 @@ An image that cannot be decoded is either skipped (``on_bad_image="skip"``: a wa
 and the collate function drops it and reports its name in the batch) or stops the run
 (``on_bad_image="error"``). Batches are dicts: ``image`` (B, 3, H, W) uint8, ``label`` (B,) long (-1 when
 unlabeled), ``index`` (B,) positions in the source, ``bad_images`` (list of names skipped while making
-this batch).
+this batch), and with a keyed sampler (:class:`~selfsup.data.sampler.EpochSampler`) ``key`` (B,) int64,
+each sample's random key (:mod:`selfsup.training.randomness`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset, default_collate
 
 from selfsup.data.decode import decode
 from selfsup.data.sources import ImageSource
+from selfsup.data.transforms import KeyedAugmentation
 from selfsup.errors import DataError, UnreadableImageError
 
 BAD_IMAGE_POLICIES = ("skip", "error")
@@ -51,7 +53,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | BadImage:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any] | BadImage:
+        """``item``: a position in the source, or ``(position, key)`` from a keyed sampler.
+
+        A keyed transform (:class:`~selfsup.data.transforms.KeyedAugmentation`) draws from the key.
+        """
+        index, key = item if isinstance(item, tuple) else (item, None)
         sample = self.source.get(index)
         try:
             image = decode(sample.data, sample.name)
@@ -59,9 +66,14 @@ class ImageDataset(Dataset):
             if self.on_bad_image == "error":
                 raise
             return BadImage(sample.name)  # logged once per file by the DataModule
-        if self.transform is not None:
+        if isinstance(self.transform, KeyedAugmentation):
+            image = self.transform(image, key)
+        elif self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "label": sample.label, "index": index}
+        out = {"image": image, "label": sample.label, "index": index}
+        if key is not None:
+            out["key"] = key
+        return out
 
 
 def collate(items: list[dict[str, Any] | BadImage]) -> dict[str, Any]:

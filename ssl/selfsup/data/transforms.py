@@ -2,15 +2,103 @@
 
 Workers only decode and crop; tensors cross to the device as uint8 (a quarter of float32's bytes) and
 are normalized there in one batched operation.
+
+The training augmentation draws its crop box and flip from the sample's key
+(:mod:`selfsup.training.randomness`), so a sample gets the same augmentation in a given epoch whatever
+the worker, rank or batch it lands in. The rule is torchvision's ``RandomResizedCrop`` (up to ten
+tries of area fraction uniform in ``scale`` and log aspect ratio uniform in ``log(ratio)``, else the
+centre crop) and ``RandomHorizontalFlip`` (probability 1/2); only the source of the random numbers
+differs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from selfsup.training.randomness import CROP, FLIP, random_keys, uniform
+
+CROP_TRIES = 10  # torchvision's RandomResizedCrop: tries before falling back to the centre crop
+
+
+def crop_box(
+    key: Tensor, height: int, width: int, scale: Sequence[float], ratio: Sequence[float]
+) -> tuple[int, int, int, int]:
+    """torchvision's random resized crop box for an ``height`` x ``width`` image, drawn from ``key``.
+
+    Args:
+        key: () int64 sample key.
+        height: image height in px.
+        width: image width in px.
+        scale: (min, max) area fraction of the box.
+        ratio: (min, max) aspect ratio (width / height) of the box.
+
+    Returns:
+        (top, left, box height, box width) in px.
+    """
+    draws = uniform(key.view(1), CROP, 4 * CROP_TRIES).view(CROP_TRIES, 4).tolist()
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for u_area, u_ratio, u_top, u_left in draws:
+        target_area = area * (scale[0] + u_area * (scale[1] - scale[0]))
+        aspect = math.exp(log_low + u_ratio * (log_high - log_low))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w
+    in_ratio = width / height  # the fallback: centre crop, clamped to the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class KeyedAugmentation:
+    """Random resized crop to ``image_size`` and an optional horizontal flip, on (3, H, W) uint8.
+
+    Called with a sample key (what the training loader's sampler hands the dataset) the draw is a
+    function of the key; called without one it draws a key from torch's global generator.
+
+    Args:
+        image_size: side of the square output.
+        crop_scale: area range of the crop.
+        crop_ratio: aspect-ratio range of the crop.
+        hflip: flip horizontally with probability 1/2.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        crop_scale: Sequence[float] = (0.2, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+    ) -> None:
+        self.image_size, self.hflip = image_size, hflip
+        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
+
+    def __call__(self, image: Tensor, key: Tensor | int | None = None) -> Tensor:
+        """(3, H, W) uint8 -> (3, image_size, image_size) uint8."""
+        key = random_keys(1)[0] if key is None else torch.as_tensor(key, dtype=torch.int64)
+        top, left, h, w = crop_box(key, image.shape[-2], image.shape[-1], self.crop_scale, self.crop_ratio)
+        size = [self.image_size, self.image_size]
+        image = TF.resized_crop(image, top, left, h, w, size, antialias=True)
+        if self.hflip and uniform(key.view(1), FLIP, 1).item() < 0.5:
+            image = TF.horizontal_flip(image)
+        return image
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyedAugmentation(image_size={self.image_size}, crop_scale={self.crop_scale}, "
+            f"crop_ratio={self.crop_ratio}, hflip={self.hflip})"
+        )
 
 
 def train_transform(
@@ -18,14 +106,9 @@ def train_transform(
     crop_scale: Sequence[float] = (0.2, 1.0),
     crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = True,
-) -> v2.Transform:
+) -> KeyedAugmentation:
     """Random resized crop to ``image_size`` and an optional horizontal flip, on (3, H, W) uint8."""
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=tuple(crop_ratio), antialias=True)
-    ]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
+    return KeyedAugmentation(image_size, crop_scale, crop_ratio, hflip)
 
 
 def eval_transform(image_size: int, crop_fraction: float = 1.0) -> v2.Transform:

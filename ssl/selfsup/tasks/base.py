@@ -3,6 +3,11 @@
 A task subclasses :class:`PretextTask` and implements ``pretext_step``: turn a batch of
 base-augmented, normalized images into pretext inputs and targets on the device, run the encoder and
 its head, and return the loss with any metrics. Optimizer, schedule and logging live here, once.
+
+Every random pretext choice (rotation, mask, puzzle) is drawn from the samples' keys
+(:mod:`selfsup.training.randomness`), which the training loader puts in each batch: a sample gets the
+same targets on one process or many, and in a resumed run. Without keys (``pretext_step(images)``,
+as library users and tests call it) the keys are drawn from torch's global generator.
 """
 
 from __future__ import annotations
@@ -57,8 +62,11 @@ class PretextTask(pl.LightningModule):
         self.lr: float | None = None  # derived in configure_optimizers, logged there
 
     # -- what a task implements ----------------------------------------------------------------
-    def pretext_step(self, images: Tensor) -> StepOutput:
-        """Make pretext inputs and targets from ``images`` (B, 3, H, W), normalized, on the device."""
+    def pretext_step(self, images: Tensor, keys: Tensor | None = None) -> StepOutput:
+        """Make pretext inputs and targets from ``images`` (B, 3, H, W), normalized, on the device.
+
+        ``keys`` (B,) int64 are the samples' random keys; None draws them from torch's generator.
+        """
         raise NotImplementedError
 
     def check_input(self, image_size: int) -> None:
@@ -78,11 +86,12 @@ class PretextTask(pl.LightningModule):
         images = batch["image"]
         if images.shape[0] == 0:
             return None  # every image of this batch was unreadable and skipped
-        out = self.pretext_step(images)
+        out = self.pretext_step(images, batch.get("key"))
         batch_size = images.shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
+        # sync_dist: the logged values are the mean over all ranks (a no-op on one process).
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         for name, value in out.metrics.items():
-            self.log(f"train/{name}", value, prog_bar=True, batch_size=batch_size)
+            self.log(f"train/{name}", value, prog_bar=True, batch_size=batch_size, sync_dist=True)
         return out.loss
 
     def heads(self) -> list[nn.Module]:

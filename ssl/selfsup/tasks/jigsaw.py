@@ -53,6 +53,7 @@ from selfsup.tasks.patches import (
 )
 from selfsup.tasks.permutations import SELECTIONS, permutation_set
 from selfsup.training.optim import OptimSettings
+from selfsup.training.randomness import GRAYSCALE, JITTER, PERMUTATION, integers, random_keys, uniform
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def make_puzzles(
     grayscale_fraction: float = 0.0,
     normalize: bool = True,
     generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
 ) -> Puzzles:
     """Cut, jitter, gray, normalize and shuffle one puzzle per image, on the images' device.
 
@@ -95,25 +97,29 @@ def make_puzzles(
             shifted, since their channels are one.
         grayscale_fraction: probability of a puzzle being grayscale.
         normalize: standardize each tile channel on its own.
-        generator: random source on the images' device.
+        generator: random source of the keys when ``keys`` is None (on the images' device).
+        keys: (B,) int64 sample keys: every draw of a puzzle (permutation, placement, jitter,
+            grayscale) comes from its image's key (:mod:`selfsup.training.randomness`).
 
     Returns:
         The puzzles: tiles (B, T, 3, t, t) and their labels, order and placement.
     """
     batch, channels = images.shape[:2]
     device = images.device
-    labels = torch.randint(0, permutations.shape[0], (batch,), device=device, generator=generator)
+    if keys is None:
+        keys = random_keys(batch, device, generator)
+    labels = integers(keys, PERMUTATION, 1, permutations.shape[0])[:, 0]
     order = permutations[labels]
     origins, offsets = draw_placement(
-        batch, (images.shape[-2], images.shape[-1]), geometry, device, generator
+        batch, (images.shape[-2], images.shape[-1]), geometry, device, keys=keys
     )
     corners = tile_corners(origins, offsets, order, geometry)
-    gray = torch.rand(batch, device=device, generator=generator) < grayscale_fraction
+    gray = uniform(keys, GRAYSCALE, 1)[:, 0] < grayscale_fraction
     shifts = None
     if channel_jitter > 0:
-        shape = (batch, geometry.num_tiles, channels, 2)
-        shifts = torch.randint(-channel_jitter, channel_jitter + 1, shape, device=device, generator=generator)
-        shifts = shifts * ~gray.view(-1, 1, 1, 1)
+        count = geometry.num_tiles * channels * 2
+        shifts = integers(keys, JITTER, count, 2 * channel_jitter + 1) - channel_jitter
+        shifts = shifts.view(batch, geometry.num_tiles, channels, 2) * ~gray.view(-1, 1, 1, 1)
     tiles = cut_tiles(images, corners, geometry.tile_size, shifts)
     if grayscale_fraction > 0:
         tiles = to_grayscale(tiles, gray)
@@ -217,8 +223,11 @@ class Jigsaw(PretextTask):
                 f"{image_size} px images; set task.tile_size, task.cell_size or data.image_size): {e}"
             ) from None
 
-    def puzzles(self, images: Tensor) -> Puzzles:
-        """(B, 3, H, W) normalized images -> one puzzle each, with this task's geometry and options."""
+    def puzzles(self, images: Tensor, keys: Tensor | None = None) -> Puzzles:
+        """(B, 3, H, W) normalized images -> one puzzle each, with this task's geometry and options.
+
+        ``keys``: (B,) int64 sample keys the puzzles are drawn from; None draws them from torch's generator.
+        """
         return make_puzzles(
             images,
             self.permutations,
@@ -226,6 +235,7 @@ class Jigsaw(PretextTask):
             self.channel_jitter,
             self.grayscale_fraction,
             self.normalize_tiles,
+            keys=keys,
         )
 
     def embed_tiles(self, tiles: Tensor) -> Tensor:
@@ -238,8 +248,8 @@ class Jigsaw(PretextTask):
         """(B, T, C, t, t) -> (B, P) permutation logits from the tile embeddings concatenated in order."""
         return self.classifier(self.embed_tiles(tiles).flatten(1))
 
-    def pretext_step(self, images: Tensor) -> StepOutput:
-        puzzles = self.puzzles(images)
+    def pretext_step(self, images: Tensor, keys: Tensor | None = None) -> StepOutput:
+        puzzles = self.puzzles(images, keys)
         logits = self.solve(puzzles.tiles)
         loss = F.cross_entropy(logits, puzzles.labels)
         predicted = logits.detach().argmax(dim=1)

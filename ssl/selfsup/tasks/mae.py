@@ -192,14 +192,19 @@ class MAE(PretextTask):
 
     # -- the model -----------------------------------------------------------------------------
     def forward_encoder(
-        self, images: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+        self,
+        images: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        keys: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Mask each image's patches at random and encode the visible ones.
 
         Args:
             images: (B, 3, S, S) normalized, S a multiple of the patch size.
-            generator: random source of the masks (on the images' device).
+            generator: random source of the masks when ``keys`` is None (on the images' device).
             noise: (B, L) values that decide the masks instead (the smallest stay visible).
+            keys: (B,) int64 sample keys the masks are drawn from.
 
         Returns:
             latent: (B, 1 + K, width) encoded class token and K visible tokens, in masking order.
@@ -209,7 +214,7 @@ class MAE(PretextTask):
         if images.shape[-1] != images.shape[-2]:
             raise ValueError(f"MAE needs square images, got {tuple(images.shape[-2:])}")
         tokens = self.vit.embed_patches(images.contiguous(memory_format=self.memory_format))
-        visible, mask, ids_restore = random_masking(tokens, self.mask_ratio, generator, noise)
+        visible, mask, ids_restore = random_masking(tokens, self.mask_ratio, generator, noise, keys)
         return self.vit.encode_tokens(visible), mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
@@ -243,8 +248,8 @@ class MAE(PretextTask):
         per_patch = (pred - self.patch_targets(images)).pow(2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
 
-    def pretext_step(self, images: Tensor) -> StepOutput:
-        latent, mask, ids_restore = self.forward_encoder(images)
+    def pretext_step(self, images: Tensor, keys: Tensor | None = None) -> StepOutput:
+        latent, mask, ids_restore = self.forward_encoder(images, keys=keys)
         pred = self.forward_decoder(latent, ids_restore)
         return StepOutput(self.forward_loss(images, pred, mask))
 

@@ -8,7 +8,9 @@
   and ``ceil(M * mask_ratio)`` of the M mask patches are masked, each a whole block of tokens.
 - :func:`patchify` and :func:`unpatchify` convert images to MAE's per-patch pixel vectors and back.
 
-No function loops over samples in Python: one ``rand`` and one ``argsort`` serve the whole batch.
+No function loops over samples in Python: one draw and one ``argsort`` serve the whole batch. The
+random order of each sample is drawn from its key (:mod:`selfsup.training.randomness`): the argsort of
+L independent uniform 64-bit words, a uniformly random permutation as MAE's argsort of uniform noise.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from selfsup.training.randomness import MASK, bits, random_keys
 
 
 def num_visible(num_tokens: int, mask_ratio: float) -> int:
@@ -38,15 +42,21 @@ def num_visible(num_tokens: int, mask_ratio: float) -> int:
 
 
 def random_masking(
-    tokens: Tensor, mask_ratio: float, generator: torch.Generator | None = None, noise: Tensor | None = None
+    tokens: Tensor,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """MAE's per-sample random masking by argsort of uniform noise.
 
     Args:
         tokens: (B, L, D) tokens in their natural order.
         mask_ratio: fraction of the L tokens to mask; ``num_visible(L, mask_ratio)`` stay visible.
-        generator: random source for the noise (on the tokens' device); None uses the global one.
+        generator: random source of the keys when ``keys`` is None (on the tokens' device); None
+            uses the global one.
         noise: (B, L) values that decide the order instead of fresh noise (the smallest are kept).
+        keys: (B,) int64 sample keys the noise is drawn from.
 
     Returns:
         visible: (B, K, D) the kept tokens, in the random order (K = ``num_visible(L, mask_ratio)``).
@@ -62,8 +72,8 @@ def random_masking(
     batch, length, dim = tokens.shape
     keep = num_visible(length, mask_ratio)
     if noise is None:
-        noise = torch.rand(batch, length, device=tokens.device, generator=generator)
-    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the first `keep` are visible
+        noise = _noise(keys, batch, length, tokens.device, generator)
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True)  # ascending: the first `keep` are visible
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :keep]
     visible = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
@@ -71,6 +81,19 @@ def random_masking(
     mask[:, :keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return visible, mask, ids_restore
+
+
+def _noise(
+    keys: Tensor | None,
+    batch: int,
+    length: int,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """(B, L) int64 random words from the samples' keys (drawn from ``generator`` when None)."""
+    if keys is None:
+        keys = random_keys(batch, device, generator)
+    return bits(keys, MASK, length)
 
 
 def unshuffle(shuffled: Tensor, ids_restore: Tensor) -> Tensor:
@@ -93,6 +116,7 @@ def block_mask(
     mask_ratio: float,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
 ) -> Tensor:
     """SimMIM's block-wise random mask on a square grid of units (tokens or pixels).
 
@@ -103,7 +127,9 @@ def block_mask(
         mask_ratio: fraction of the mask patches to mask; ``ceil(M * mask_ratio)`` of the
             M = (size / block)^2 mask patches are masked in every sample (SimMIM rounds up).
         device: where the mask is made.
-        generator: random source (on ``device``); None uses the global one.
+        generator: random source of the keys when ``keys`` is None (on ``device``); None uses the
+            global one.
+        keys: (B,) int64 sample keys the masks are drawn from.
 
     Returns:
         (B, size, size) bool, True where masked; constant over each ``block`` x ``block`` square.
@@ -114,8 +140,10 @@ def block_mask(
         raise ValueError(f"mask_ratio must be strictly between 0 and 1, got {mask_ratio}")
     side = size // block
     count = math.ceil(side * side * mask_ratio)
-    noise = torch.rand(batch, side * side, device=device, generator=generator)
-    rank = torch.argsort(torch.argsort(noise, dim=1), dim=1)  # each patch's place in its sample's order
+    noise = _noise(keys, batch, side * side, device, generator)
+    rank = torch.argsort(
+        torch.argsort(noise, dim=1, stable=True), dim=1
+    )  # each patch's place in its sample's order
     coarse = (rank < count).view(batch, side, side)
     return coarse.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from selfsup.training.randomness import OFFSETS, ORIGIN, integers, random_keys
+
 PAPER_TILE, PAPER_CELL = 64, 75  # a tile keeps this fraction of its cell when sizes scale
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as in torchvision's rgb_to_grayscale
 
@@ -85,29 +87,28 @@ def draw_placement(
     geometry: PuzzleGeometry,
     device: torch.device,
     generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Random window positions and tile offsets, drawn per puzzle.
+    """Random window positions and tile offsets, drawn per puzzle from its key, each uniform.
 
     Args:
         batch: number of puzzles B.
         image_size: (H, W) of the images.
         geometry: the puzzle geometry.
         device: where the draws live (the images' device).
-        generator: random source on ``device``.
+        generator: random source of the keys when ``keys`` is None (on ``device``).
+        keys: (B,) int64 sample keys (:mod:`selfsup.training.randomness`).
 
     Returns:
         origins: (B, 2) long, the window's top-left (row, col) in [0, (H, W) - window_size].
         offsets: (B, T, 2) long, each tile's top-left inside its cell, in [0, cell_size - tile_size].
     """
-    origins = torch.stack(
-        [
-            torch.randint(0, size - geometry.window_size + 1, (batch,), device=device, generator=generator)
-            for size in image_size
-        ],
-        dim=1,
-    )
+    if keys is None:
+        keys = random_keys(batch, device, generator)
+    room = torch.tensor([size - geometry.window_size + 1 for size in image_size], device=keys.device)
+    origins = integers(keys, ORIGIN, 2, room)
     slack = geometry.cell_size - geometry.tile_size + 1
-    offsets = torch.randint(0, slack, (batch, geometry.num_tiles, 2), device=device, generator=generator)
+    offsets = integers(keys, OFFSETS, geometry.num_tiles * 2, slack).view(batch, geometry.num_tiles, 2)
     return origins, offsets
 
 

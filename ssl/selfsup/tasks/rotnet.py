@@ -22,20 +22,23 @@ from selfsup.encoders.base import Encoder
 from selfsup.tasks.base import PretextTask, StepOutput
 from selfsup.tasks.heads import mlp
 from selfsup.training.optim import OptimSettings
+from selfsup.training.randomness import ROTATION, integers, random_keys
 
 NUM_ROTATIONS = 4
 MODES = ("all", "random")
 
 
 def rotate_batch(
-    images: Tensor, mode: str = "all", generator: torch.Generator | None = None
+    images: Tensor, mode: str = "all", generator: torch.Generator | None = None, keys: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Rotated copies of a batch and their rotation labels.
 
     Args:
         images: (B, C, S, S) square images.
         mode: ``all`` (every image in all four rotations) or ``random`` (one random rotation each).
-        generator: random source for ``random`` (on the images' device).
+        generator: random source of the keys for ``random`` when ``keys`` is None (on the images' device).
+        keys: (B,) int64 sample keys: ``random`` draws each image's rotation, uniform over the four,
+            from its key (:mod:`selfsup.training.randomness`).
 
     Returns:
         inputs: (4B, C, S, S) for ``all``, ordered rotation-major (the B images at 0 degrees, then the B
@@ -50,7 +53,9 @@ def rotate_batch(
         targets = torch.arange(NUM_ROTATIONS, device=images.device).repeat_interleave(batch)
         return inputs, targets
     if mode == "random":
-        targets = torch.randint(0, NUM_ROTATIONS, (batch,), device=images.device, generator=generator)
+        if keys is None:
+            keys = random_keys(batch, images.device, generator)
+        targets = integers(keys, ROTATION, 1, NUM_ROTATIONS)[:, 0]
         inputs = images.clone()
         for k in range(1, NUM_ROTATIONS):  # one batched op per rotation, not per image
             chosen = (targets == k).nonzero(as_tuple=True)[0]
@@ -89,8 +94,8 @@ class RotNet(PretextTask):
         self.rotations = rotations
         self.head = mlp(encoder.out_dim, list(head_hidden_dims), NUM_ROTATIONS)
 
-    def pretext_step(self, images: Tensor) -> StepOutput:
-        inputs, targets = rotate_batch(images, self.rotations)
+    def pretext_step(self, images: Tensor, keys: Tensor | None = None) -> StepOutput:
+        inputs, targets = rotate_batch(images, self.rotations, keys=keys)
         logits = self.head(self.encode(inputs))
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()

@@ -170,10 +170,19 @@ class SimMIM(PretextTask):
         return [ReconstructionGrids(**self.reconstructions)] if self.reconstructions is not None else []
 
     # -- the model -----------------------------------------------------------------------------
-    def draw_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-        """(B, S / unit, S / unit) bool block mask on the encoder's units (tokens, or pixels), True = masked."""
+    def draw_mask(
+        self,
+        batch: int,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        keys: Tensor | None = None,
+    ) -> Tensor:
+        """(B, S / unit, S / unit) bool block mask on the encoder's units (tokens, or pixels), True = masked.
+
+        Drawn from the samples' (B,) ``keys``, or from ``generator`` without them.
+        """
         size = self.image_size // self.unit
-        return block_mask(batch, size, self.mask_patch // self.unit, self.mask_ratio, device, generator)
+        return block_mask(batch, size, self.mask_patch // self.unit, self.mask_ratio, device, generator, keys)
 
     def pixel_mask(self, mask: Tensor) -> Tensor:
         """(B, h, w) unit mask -> (B, 1, h * unit, w * unit) pixel mask."""
@@ -222,8 +231,8 @@ class SimMIM(PretextTask):
         """(B, 3, S, S) images, (B, S / unit, S / unit) mask -> (B, 3, S, S) predicted images."""
         return cast(Tensor, self.head(self.forward_encoder(images, mask)))
 
-    def pretext_step(self, images: Tensor) -> StepOutput:
-        mask = self.draw_mask(images.shape[0], images.device)
+    def pretext_step(self, images: Tensor, keys: Tensor | None = None) -> StepOutput:
+        mask = self.draw_mask(images.shape[0], images.device, keys=keys)
         return StepOutput(self.forward_loss(images, self.predict(images, mask), mask))
 
     # -- for people to look at -----------------------------------------------------------------
