@@ -2,15 +2,20 @@
 
 A reader (or a run resumed after a kill) sees the old file or the new one, never a half-written one.
 The temporary file lives in the target's own folder, so the rename never crosses file systems, and it
-is removed when writing fails (a full disk, an exception in the writer).
+is removed when writing fails (a full disk, an exception in the writer); a full disk is reported as a
+:class:`~selfsup.errors.DiskFullError` naming the file and the space left.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from selfsup.errors import DiskFullError
 
 TEMP_MARKER = ".tmp-"
 
@@ -42,6 +47,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], 
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise_if_disk_full(e, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -66,3 +74,14 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def raise_if_disk_full(error: OSError, path: str | os.PathLike[str]) -> None:
+    """Turn a full disk (ENOSPC, EDQUOT) while writing ``path`` into a DiskFullError naming it and the free space."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    try:
+        free: int | None = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        free = None
+    raise DiskFullError(str(path), free) from error

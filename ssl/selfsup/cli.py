@@ -2,8 +2,10 @@
 
 Configs are found as ``pkg://selfsup.conf``, the repo's conf/ folder installed as a package, so the
 commands work the same from an editable install, a wheel, and any working directory (hydra #2125).
-Errors meant for the user (:class:`~selfsup.errors.SelfsupError`) print one clear message and exit
-with status 2 instead of a stack trace.
+Errors meant for the user (:class:`~selfsup.errors.SelfsupError`) print one clear ``error: ...`` line
+and exit with status 2 instead of a stack trace. Ctrl-C prints one ``interrupted: ...`` line (during
+pretraining: where the checkpoint is and how to resume) and exits with 130, the shell's code for
+SIGINT, so scripts and schedulers can tell "stopped by the user" from "wrong input" (2).
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ def _entry(config_name: str, stage: Callable[[DictConfig], Any]) -> Callable[[],
         try:
             stage(cfg)
         except SelfsupError as e:
-            log.error("%s", e)
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            prefix = getattr(e, "prefix", "error")
+            (log.warning if prefix == "interrupted" else log.error)("%s", e)
+            print(f"{prefix}: {e}", file=sys.stderr)
+            sys.exit(getattr(e, "exit_code", 2))
+        except KeyboardInterrupt:  # Ctrl-C outside training (setup, evaluation): nothing half-written
+            print("interrupted: stopped by Ctrl-C", file=sys.stderr)
+            sys.exit(130)
 
     def main() -> None:
         hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(task_function)()

@@ -142,6 +142,7 @@ def check_training(cfg: DictConfig) -> None:
     require_positive_number(cfg, "optim.lr")
     require_choice(cfg, "optim.lr_scaling", ("none", "linear", "sqrt"))
     require_positive_int(cfg, "trainer.accumulate_grad_batches")
+    require_positive_int(cfg, "faults.skip_nonfinite", allow_zero=True)
     seed = select(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("seed", f"must be an integer, got {seed!r}")

@@ -31,3 +31,40 @@ class UnreadableImageError(DataError):
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         super().__init__(f"cannot decode image {path}: {reason}")
+
+
+class CheckpointError(DataError):
+    """A checkpoint cannot be read (empty, truncated, not a checkpoint); the message names the file."""
+
+
+class NonFiniteError(SelfsupError):
+    """The loss, gradients or weights became NaN or inf; nothing non-finite was saved or exported."""
+
+
+class DiskFullError(SelfsupError):
+    """A write failed because its file system is full (or over quota).
+
+    Args:
+        path: the file that could not be written.
+        free_bytes: what the file system had left when the write failed, or None if unknown.
+    """
+
+    def __init__(self, path: str, free_bytes: int | None) -> None:
+        self.path = path
+        self.free_bytes = free_bytes
+        free = "unknown" if free_bytes is None else f"{free_bytes / 2**20:.1f} MiB"
+        super().__init__(
+            f"no space left on the device writing {path} (free: {free}); the previous version of the file "
+            "is intact: free some space and run the same command with resume=auto"
+        )
+
+
+class RunDirBusyError(SelfsupError):
+    """Another live process holds the run directory's lock."""
+
+
+class Interrupted(SelfsupError):
+    """The user stopped the run (Ctrl-C); printed as ``interrupted: ...`` with exit code 130 (128 + SIGINT)."""
+
+    exit_code = 130
+    prefix = "interrupted"

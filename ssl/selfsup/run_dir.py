@@ -12,6 +12,7 @@ Every stage writes into one folder per run (``paths.run_dir``, set by Hydra)::
     reconstructions/         MAE/SimMIM grids;  puzzles.png: Jigsaw puzzles
     finetune/<label>/seed<seed>/   fine-tuning curves
     embeddings.npz, embedding_<method>.png   ``selfsup-embed``'s features and their 2-D map
+    .lock                    held (``fcntl.flock``) by the one process writing the run; see :meth:`RunDir.locked`
 
 The checkpoint and log folders are whatever the callback and logger configs say; :meth:`RunDir.from_config`
 reads them there, so ``resume=auto`` and the training curves follow a changed yaml. Every file is
@@ -20,8 +21,11 @@ written atomically (:mod:`selfsup.atomic`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +33,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup.atomic import atomic_write_text
+from selfsup.errors import RunDirBusyError
 
 CSV_LOGGER = "CSVLogger"
+# Locks this process holds: run directory -> (open lock file, depth), so a stage inside another
+# stage (the pipeline's pretraining) re-enters the lock instead of blocking on itself.
+_HELD: dict[Path, tuple[int, int]] = {}
 
 
 class _Child:
@@ -123,6 +131,7 @@ class RunDir:
     puzzles = _Child("puzzles.png")
     embeddings = _Child("embeddings.npz")
     hydra_dir = _Child(".hydra")
+    lock_file = _Child(".lock")
 
     def embedding_map(self, method: str) -> Path:
         """``selfsup-embed``'s 2-D map of the features (``tsne``, ``umap``)."""
@@ -145,6 +154,46 @@ class RunDir:
         if self.log_dir is None:
             return []
         return sorted(self.log_dir.glob("version_*/metrics.csv"), key=lambda p: _version(p.parent.name))
+
+    # -- one writer at a time ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock (``.lock``) while the block runs; refuse if another process holds it.
+
+        ``fcntl.flock`` is released by the kernel when the holder exits, however it exits, so a lock
+        left by a killed run never blocks the next one. The file keeps the holder's pid for the message.
+
+        Raises:
+            RunDirBusyError: another live process is writing this run directory.
+        """
+        key = self.root.resolve()
+        if key in _HELD:  # re-entered by the same process
+            fd, depth = _HELD[key]
+            _HELD[key] = (fd, depth + 1)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirBusyError(
+                    f"run directory {self.root} is in use by another run (pid {holder}); wait for it to "
+                    "finish, or choose another directory (hydra.run.dir=...)"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _HELD[key] = (fd, 1)
+        try:
+            yield
+        finally:
+            fd, depth = _HELD[key]
+            if depth > 1:
+                _HELD[key] = (fd, depth - 1)
+            else:
+                del _HELD[key]
+                os.close(fd)  # releases the flock
 
     # -- metrics.json ----------------------------------------------------------------------------
     def read_metrics(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from selfsup.atomic import atomic_write, atomic_write_text
 from selfsup.encoders.base import Encoder
-from selfsup.errors import DataError
+from selfsup.errors import DataError, NonFiniteError
 
 WEIGHTS_FILE = "encoder.safetensors"
 CONFIG_FILE = "encoder.yaml"
@@ -49,9 +49,15 @@ def save(
         The export folder.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share memory or are not contiguous.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
+    broken = _non_finite(state)
+    if broken:
+        raise NonFiniteError(
+            f"refusing to export a non-finite encoder to {directory}: {len(broken)} tensors hold NaN or "
+            f"inf (first: {broken[0]})"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
     # Temporary names are per process: DDP ranks (or two jobs) saving the same export never collide.
     metadata = {"format_version": str(FORMAT_VERSION)}
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata=metadata))
@@ -97,9 +103,31 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise DataError(f"exported encoder at {directory} has no {WEIGHTS_FILE}")
-    state = load_file(str(weights), device=str(map_location))
-    encoder.load_state_dict(state, strict=True)
+    recorded = doc.get("weights_sha256")
+    if recorded is not None and file_sha256(weights) != recorded:
+        raise DataError(
+            f"{weights} does not match the weights_sha256 in {directory / CONFIG_FILE}: the weights were "
+            "changed or only partly written; export the encoder again"
+        )
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as e:  # safetensors' own error for a truncated or foreign file
+        raise DataError(f"cannot read {weights}: {e}") from None
+    broken = _non_finite(state)
+    if broken:
+        raise NonFiniteError(f"exported encoder at {directory} holds NaN or inf weights (first: {broken[0]})")
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise DataError(
+            f"{weights} does not fit the encoder in {CONFIG_FILE}: {str(e).splitlines()[0]}"
+        ) from None
     return encoder.eval()
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def identity(path: str | os.PathLike[str]) -> str:

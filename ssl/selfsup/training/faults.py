@@ -1,0 +1,149 @@
+"""Faults during training that must lose nothing: non-finite values and Ctrl-C.
+
+- :class:`NonFiniteGuard` checks the gradients before every optimizer step and the weights after it.
+  Non-finite gradients (a NaN or inf loss gives them) either skip that step (no update, up to
+  ``skip_nonfinite`` times) or stop the run with a :class:`~selfsup.errors.NonFiniteError` naming the
+  step and the last good checkpoint. The checks run in hooks that Lightning calls before
+  ``ModelCheckpoint``'s own (checkpoint callbacks always run last), so a non-finite state is never
+  saved over the last good checkpoint.
+- :class:`GracefulInterrupt` turns the first Ctrl-C (SIGINT) into "finish this step, save ``last.ckpt``,
+  stop"; a second Ctrl-C stops at once (Lightning's own handling), keeping the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from selfsup.errors import NonFiniteError
+from selfsup.training.checkpoint_io import newest_readable
+
+log = logging.getLogger(__name__)
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one device sync for all of them)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def last_good_checkpoint(checkpoint_dir: Path | None) -> str:
+    """A phrase naming the newest readable checkpoint, for error messages."""
+    found = newest_readable(checkpoint_dir) if checkpoint_dir is not None else None
+    return f"last good checkpoint: {found}" if found is not None else "no checkpoint was saved yet"
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stop (or skip a bounded number of steps) when gradients or weights stop being finite.
+
+    Args:
+        skip_nonfinite: how many steps with non-finite gradients may be skipped (no optimizer update)
+            before the run stops; 0 stops at the first.
+        checkpoint_dir: where the run's checkpoints are, to name the last good one; None when off.
+    """
+
+    def __init__(self, skip_nonfinite: int = 0, checkpoint_dir: Path | None = None) -> None:
+        self.skip_nonfinite = skip_nonfinite
+        self.checkpoint_dir = checkpoint_dir
+        self.skipped = 0
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 with a GradScaler: the scaler itself skips steps with inf gradients
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if all_finite(grads):
+            return
+        step = trainer.global_step + 1
+        if self.skipped < self.skip_nonfinite:
+            self.skipped += 1
+            log.warning(
+                "non-finite gradients at step %d: step skipped (%d of faults.skip_nonfinite=%d)",
+                step,
+                self.skipped,
+                self.skip_nonfinite,
+            )
+            optimizer.zero_grad(set_to_none=True)  # parameters without gradients are not updated
+            return
+        self._stop(f"the loss or its gradients became NaN or inf at step {step}")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not all_finite(pl_module.parameters()):
+            self._stop(f"the weights became NaN or inf at step {trainer.global_step}")
+
+    def _stop(self, what: str) -> None:
+        skipped = f" after skipping {self.skipped} bad steps" if self.skipped else ""
+        raise NonFiniteError(
+            f"{what}{skipped}; stopped without saving it ({last_good_checkpoint(self.checkpoint_dir)}). "
+            "Lower optim.lr, clip gradients (trainer.gradient_clip_val), or allow a few bad steps "
+            "with faults.skip_nonfinite=N"
+        )
+
+
+class GracefulInterrupt(pl.Callback):
+    """On the first Ctrl-C: finish the current step, save ``checkpoint``, and stop training.
+
+    Args:
+        checkpoint: where to save (the run's ``last.ckpt``); None when checkpointing is off.
+
+    Attributes:
+        requested: Ctrl-C was pressed during training.
+        saved: the checkpoint written after it, or None.
+        step: the step at which training stopped.
+    """
+
+    def __init__(self, checkpoint: Path | None) -> None:
+        self.checkpoint = checkpoint
+        self.requested = False
+        self.saved: Path | None = None
+        self.step = 0
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # the second Ctrl-C: stop now
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: saving a checkpoint after this step and stopping (press again to stop now)")
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        self.requested, self.step = True, trainer.global_step
+        if self.checkpoint is not None:
+            trainer.save_checkpoint(self.checkpoint)
+            self.saved = self.checkpoint
+            for callback in trainer.checkpoint_callbacks:  # no second save of this step at the epoch's end
+                if hasattr(callback, "_last_global_step_saved"):
+                    callback._last_global_step_saved = trainer.global_step
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
