@@ -117,3 +117,22 @@ def test_an_encoder_constructor_with_star_args_is_refused() -> None:
         class Loose(ResNetEncoder):
             def __init__(self, *args: int) -> None:
                 super().__init__(*args)
+
+
+def test_an_export_whose_weights_do_not_match_its_hash_is_refused(tmp_path) -> None:
+    import pytest as _pytest
+
+    from selfsup.encoders import export as _export
+    from selfsup.encoders.resnet import ResNetEncoder
+    from selfsup.errors import DataError
+
+    folder = _export.save(ResNetEncoder(depth=18, cifar_stem=True), tmp_path / "enc")
+    weights = folder / _export.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the last tensor
+    weights.write_bytes(bytes(data))
+    with _pytest.raises(DataError, match=r"does not match the weights_sha256 in .*encoder.yaml"):
+        _export.load(folder)
+    weights.write_bytes(bytes(data[: len(data) // 2]))  # half written
+    with _pytest.raises(DataError, match="does not match the weights_sha256"):
+        _export.load(folder)

@@ -19,7 +19,7 @@ from selfsup.config import check_eval_config, require_encoders
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders import export
 from selfsup.encoders.base import Encoder
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, NonFiniteError
 from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
 from selfsup.eval.features import FeatureCache, FeatureSet, cached_features, probe_grids, resolve_token_pool
 from selfsup.eval.knn import knn_accuracy
@@ -145,9 +145,14 @@ def _features(
     weights_id = export.identity(path)
     sets, hits = [], []
     for split in ("train", "test"):
-        features, hit = cached_features(
-            cache, encoder, weights_id, datamodule, split, layers, grids, token_pool, device
-        )
+        try:
+            features, hit = cached_features(
+                cache, encoder, weights_id, datamodule, split, layers, grids, token_pool, device
+            )
+        except RuntimeError as e:  # eval.features refuses NaN/inf features with a RuntimeError
+            if "non-finite" not in str(e):
+                raise
+            raise NonFiniteError(f"{e} (encoder {path}, {split} images)") from None
         sets.append(features)
         hits.append(hit)
     log.info("%s: features %s", path, "read from the cache" if all(hits) else "extracted")
