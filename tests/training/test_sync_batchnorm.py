@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from selfsup.training.sync_batchnorm import GlobalBatchNorm, SyncBatchNorm
+from selfsup.training.sync_batchnorm import CPUSyncBatchNorm, GlobalBatchNorm
 
 WORLD = 2
 STEPS = 3
@@ -70,7 +70,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         for dims in DIMS:
             norm = GlobalBatchNorm().apply(_norm(dims))
-            assert isinstance(norm, SyncBatchNorm)
+            assert isinstance(norm, CPUSyncBatchNorm)
             torch.save(_run(norm, _batches(dims), rank, WORLD), f"{out}.{dims}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -103,7 +103,7 @@ def test_revert_restores_the_original_classes_sharing_the_tensors() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm1d(4)))
     weight = model[1].weight
     synced = GlobalBatchNorm().apply(model)
-    assert isinstance(synced[1], SyncBatchNorm) and isinstance(synced[2][0], SyncBatchNorm)
+    assert isinstance(synced[1], CPUSyncBatchNorm) and isinstance(synced[2][0], CPUSyncBatchNorm)
     assert synced[1].weight is weight
     reverted = GlobalBatchNorm().revert(synced)
     assert type(reverted[1]) is nn.BatchNorm2d and type(reverted[2][0]) is nn.BatchNorm1d
@@ -116,3 +116,10 @@ def test_one_process_is_plain_batchnorm() -> None:
     synced = GlobalBatchNorm().apply(nn.BatchNorm2d(3))
     torch.testing.assert_close(synced(x), plain(x))
     torch.testing.assert_close(synced.running_var, plain.running_var)
+
+
+def test_on_gpus_torch_sync_batchnorm_is_used_and_reverted() -> None:
+    model = nn.Sequential(nn.BatchNorm2d(4))
+    synced = GlobalBatchNorm("cuda").apply(model)
+    assert type(synced[0]) is nn.SyncBatchNorm
+    assert type(GlobalBatchNorm("cuda").revert(synced)[0]) is nn.BatchNorm2d

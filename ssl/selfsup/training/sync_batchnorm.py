@@ -1,13 +1,13 @@
 """BatchNorm over the global batch on every device, CPU (gloo) included, as a Lightning LayerSync plugin.
 
-torch's ``nn.SyncBatchNorm`` refuses CPU tensors. :class:`SyncBatchNorm` is the same module, but on a
-CPU it synchronizes by itself: one all-reduce of each channel's sum, sum of squares and count
-(a differentiable all-reduce, so gradients flow back to every rank), from which
-it normalizes with the global mean and biased variance and updates the running statistics as
-``nn.BatchNorm`` does (unbiased variance). On GPUs and other accelerators it runs torch's own
-SyncBatchNorm kernels (NCCL, Welford merging of per-device statistics): they are fused and tested, so
-there is no reason to replace them. The plugin :class:`GlobalBatchNorm` swaps every BatchNorm layer
-for one while fitting and restores the original classes afterwards, sharing parameters and buffers.
+torch's ``nn.SyncBatchNorm`` refuses CPU tensors (and DDP refuses it in a CPU module).
+:class:`CPUSyncBatchNorm` synchronizes by itself: one all-reduce of each channel's sum, sum of squares
+and count (a differentiable all-reduce, so gradients flow back to every rank), from which it
+normalizes with the global mean and biased variance and updates the running statistics as
+``nn.BatchNorm`` does (unbiased variance). On GPUs the plugin uses torch's own ``nn.SyncBatchNorm``:
+fused kernels, NCCL, Welford merging of per-device statistics, tested at scale, so there is no reason
+to replace it. The plugin :class:`GlobalBatchNorm` swaps every BatchNorm layer for one of them while
+fitting and restores the original classes afterwards, sharing parameters and buffers.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import torch.distributed as dist
 from pytorch_lightning.plugins import LayerSync
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-# Devices whose tensors torch's SyncBatchNorm synchronizes itself.
-_TORCH_SYNC_DEVICES = ("cuda", "hpu", "xpu", torch._C._get_privateuse1_backend_name())
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -46,12 +43,24 @@ def _world_size(group: dist.ProcessGroup | None) -> int:
     return dist.get_world_size(group)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` that also synchronizes CPU tensors (through gloo, or any backend)."""
+class CPUSyncBatchNorm(_BatchNorm):
+    """BatchNorm of any dimension over the batches of all ranks of ``process_group`` (None: the world).
+
+    Evaluation, and training on one process, are plain BatchNorm.
+    """
+
+    def __init__(
+        self, *args: object, process_group: dist.ProcessGroup | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
 
     def forward(self, input: Tensor) -> Tensor:
-        synced = self.training and _world_size(self.process_group) > 1
-        if not synced or input.device.type in _TORCH_SYNC_DEVICES:
+        if not (self.training and _world_size(self.process_group) > 1):
             return super().forward(input)
         self._check_input_dim(input)
         return self._global_batch_norm(input)
@@ -100,16 +109,28 @@ def _rebuilt(module: _BatchNorm, cls: type[_BatchNorm]) -> _BatchNorm:
     return new
 
 
+SYNCED = (CPUSyncBatchNorm, nn.SyncBatchNorm)
+
+
 class GlobalBatchNorm(LayerSync):
     """Lightning plugin: every BatchNorm layer normalizes over the global batch while fitting.
+
+    Args:
+        device_type: where the model trains (``trainer.strategy.root_device.type``; Lightning applies
+            the plugin before moving the model there): ``cpu`` takes :class:`CPUSyncBatchNorm`, any
+            other device torch's ``nn.SyncBatchNorm``.
 
     ``revert`` gives each layer back its original class (``BatchNorm2d``, ...), so exports and later
     stages see the model as it was built.
     """
 
+    def __init__(self, device_type: str = "cpu") -> None:
+        self.device_type = device_type
+
     def apply(self, model: nn.Module) -> nn.Module:
-        if isinstance(model, _BatchNorm) and not isinstance(model, nn.SyncBatchNorm):
-            synced = _rebuilt(model, SyncBatchNorm)
+        if isinstance(model, _BatchNorm) and not isinstance(model, SYNCED):
+            cls = CPUSyncBatchNorm if self.device_type == "cpu" else nn.SyncBatchNorm
+            synced = _rebuilt(model, cls)
             synced.original_class = type(model)  # type: ignore[assignment]
             model = synced
         for name, child in model.named_children():
@@ -117,7 +138,7 @@ class GlobalBatchNorm(LayerSync):
         return model
 
     def revert(self, model: nn.Module) -> nn.Module:
-        if isinstance(model, SyncBatchNorm) and hasattr(model, "original_class"):
+        if isinstance(model, SYNCED) and hasattr(model, "original_class"):
             model = _rebuilt(model, model.original_class)
         for name, child in model.named_children():
             model.add_module(name, self.revert(child))

@@ -60,8 +60,9 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """``cfg.trainer`` with ``cfg.logger`` and ``cfg.callbacks`` attached and checkpoints saved atomically."""
     callbacks = instantiate_each(cfg.get("callbacks"))
     plugins: list[Any] = [AtomicCheckpointIO()]
-    if cfg.trainer.get("sync_batchnorm"):
-        plugins.append(GlobalBatchNorm())
+    layer_sync = GlobalBatchNorm() if cfg.trainer.get("sync_batchnorm") else None
+    if layer_sync is not None:
+        plugins.append(layer_sync)
     environment = slurm_environment()
     if environment is not None:
         plugins.append(environment)
@@ -75,4 +76,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
     }
     kwargs.update(overrides)
-    return instantiate(cfg.trainer, **kwargs)
+    trainer = instantiate(cfg.trainer, **kwargs)
+    if layer_sync is not None:
+        layer_sync.device_type = trainer.strategy.root_device.type
+    return trainer
