@@ -8,6 +8,7 @@ linear probes (one or many layers), kNN, fine-tuning; the run ends with metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -28,7 +29,7 @@ from selfsup.reports import plots
 from selfsup.reports.report import Table, cell, knn_table, probe_table, write_report
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, build_encoder
-from selfsup.stages.pretrain import pretrain
+from selfsup.stages.pretrain import first_process, pretrain
 from selfsup.stages.probe import evaluate_frozen, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Fail now, not after pretraining, if labeled data is missing or its splits disagree on the classes.
     datamodule = build_datamodule(cfg, ["train", "test"], key)
     classes = datamodule.classes()
+    # One process writes the run directory from pretraining to the report (pretrain re-enters the lock).
+    with run_dir.locked() if first_process() else contextlib.nullcontext():
+        return _pretrain_and_evaluate(cfg, run_dir, datamodule, classes, started)
+
+
+def _pretrain_and_evaluate(
+    cfg: DictConfig, run_dir: RunDir, datamodule: Any, classes: list[str], started: float
+) -> dict[str, Any]:
+    """:func:`run` once its checks passed, holding the run directory's lock."""
     metrics: dict[str, Any] = {"pretrain": pretrain(cfg)}
     if getattr(rank_zero_only, "rank", 0) != 0:
         # Under DDP every rank runs this function and only rank 0 exported the encoder. Rank 0

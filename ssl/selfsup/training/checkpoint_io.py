@@ -37,7 +37,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(Path(path), lambda tmp: _save(checkpoint, tmp))
+
+
+def _save(checkpoint: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(checkpoint, f)
 
 
 def check_checkpoint(path: str | os.PathLike[str]) -> None:
