@@ -91,6 +91,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.path, self.download, self.seed = path, download, int(seed)
         self._sources: dict[str, ImageSource] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next train loader
         self.bad_images: set[str] = set()
 
     # -- sources -------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class ImageDataModule(pl.LightningDataModule):
         sampler = EpochSampler(
             len(dataset), seed=self.seed, shuffle=True, drop_last=drop_last, num_replicas=world, rank=rank
         )
-        return ResumableLoader(
+        loader = ResumableLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -157,6 +159,26 @@ class ImageDataModule(pl.LightningDataModule):
             batches_done=self._batches_done,
             **self._loader_settings(),
         )
+        if self._resume_position is not None:
+            loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the pretraining loader is in its epoch (``ResumableLoader.state_dict``), for checkpoints."""
+        return {"pretrain_position": self._train_loader.state_dict()} if self._train_loader else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the next pretraining loader where a checkpoint's left off.
+
+        Lightning restores the datamodule before it sets up the model and optimizers, so this reaches
+        the loader before its first iterator exists even when the schedule makes Lightning build the
+        loader during setup (see :mod:`selfsup.data.sampler`).
+        """
+        position = state_dict.get("pretrain_position")
+        if position is not None:
+            self._resume_position = dict(position)
 
     def _batches_done(self) -> int:
         """Batches of the current epoch the training loop has finished (what a checkpoint resumes after)."""

@@ -11,13 +11,20 @@ is cut to a multiple of the world size (``drop_last``) or padded by repeating it
 ``r`` takes every ``world``-th sample from ``r``. Step ``t`` of N ranks with batch B/N then covers
 exactly the samples of step ``t`` of one rank with batch B.
 
-Resuming: :class:`ResumableLoader` is a ``DataLoader`` with ``state_dict``/``load_state_dict``, which
-Lightning saves in the fit loop's checkpoint state and restores before it creates the epoch's
-iterator (its support for stateful dataloaders). The state is the epoch and the number of samples
-of that epoch's global order already trained on, taken from the loop's own batch counter (the loader
+Resuming: :class:`ResumableLoader` is a ``DataLoader`` with ``state_dict``/``load_state_dict``
+(Lightning's protocol for stateful dataloaders). The state is the epoch and the number of samples of
+that epoch's global order already trained on, taken from the loop's own batch counter (the loader
 itself cannot tell: Lightning fetches a batch ahead, and workers prefetch more). The restored
 sampler starts its first iteration after those samples; Lightning's loop counts the batches it
 skips as done, so the epoch ends where the uninterrupted one does.
+
+The state must be in the sampler before the first iterator exists: with workers that iterator
+starts prefetching at once, and Lightning creates it when the loader is first requested. That can be
+before Lightning restores its loops (``trainer.estimated_stepping_batches``, which
+``configure_optimizers`` asks for the schedule, loads the train loader during setup), so
+Lightning's own restore of the loader state would come too late. The datamodule therefore saves the
+same state in its own ``state_dict`` (restored before setup) and hands it to the loader it builds;
+see :meth:`selfsup.data.datamodule.ImageDataModule.load_state_dict`.
 """
 
 from __future__ import annotations
