@@ -98,7 +98,7 @@ def test_resume_auto_reads_the_configured_checkpoint(make_cfg, tmp_path: Path) -
     run = RunDir.from_config(cfg)
     assert resolve_resume("auto", run) is None, "nothing to resume yet"
     (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "last.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, tmp_path / "elsewhere" / "last.ckpt")  # readable: resume=auto checks
     assert resolve_resume("auto", run) == str(tmp_path / "elsewhere" / "last.ckpt")
     with pytest.raises(ConfigError, match="last_checkpoint"):
         resolve_resume("auto", RunDir.from_config(make_cfg(["callbacks.last_checkpoint=null"])))
