@@ -69,6 +69,7 @@ def _fake_scontrol(folder: Path) -> Path:
     return bin_dir
 
 
+@pytest.mark.slow  # three runs: about 2.5 minutes on 2 busy cores
 def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_resumes(tmp_path: Path) -> None:
     import os
 
