@@ -117,9 +117,12 @@ class PretextTask(pl.LightningModule):
             optim.weight_decay,
             optim.no_decay_bias_and_norm,
         )
+        trainer = self.trainer
         log.info(
-            "learning rate %.3g = optim.lr %.3g scaled '%s' by effective batch %d (reference %d); %s",
-            self.lr, optim.lr, optim.lr_scaling, effective, optim.reference_batch, optimizer_summary(optimizer),
+            "learning rate %.3g = optim.lr %.3g scaled '%s' by effective batch %d (= %d per device x %d "
+            "devices x %d accumulation steps; reference %d); %s",
+            self.lr, optim.lr, optim.lr_scaling, effective, effective // (trainer.world_size * trainer.accumulate_grad_batches),
+            trainer.world_size, trainer.accumulate_grad_batches, optim.reference_batch, optimizer_summary(optimizer),
         )  # fmt: skip
         if self.schedule is None:
             return optimizer
