@@ -64,7 +64,12 @@ class RunDirBusyError(SelfsupError):
 
 
 class Interrupted(SelfsupError):
-    """The user stopped the run (Ctrl-C); printed as ``interrupted: ...`` with exit code 130 (128 + SIGINT)."""
+    """The run was stopped by Ctrl-C or SIGTERM; printed as ``interrupted: ...`` with the shell's exit code
+    for that signal: 130 (128 + SIGINT) or 143 (128 + SIGTERM)."""
 
     exit_code = 130
     prefix = "interrupted"
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

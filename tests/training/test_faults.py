@@ -159,6 +159,17 @@ def test_a_broken_last_checkpoint_falls_back_to_the_newest_readable(
     assert str(last) in caplog.text and str(newer) in caplog.text
 
 
+def test_a_newer_slurm_requeue_checkpoint_wins_over_last(tmp_path: Path) -> None:
+    """Lightning saves hpc_ckpt_N.ckpt in the run directory on SIGUSR1; resume=auto takes the newer one."""
+    run = RunDir.default(tmp_path)
+    last = _good_checkpoint(run.last_checkpoint, 4)
+    hpc = _good_checkpoint(run.root / "hpc_ckpt_1.ckpt", 6)
+    os.utime(last, (1, 1))
+    assert resolve_resume("auto", run) == str(hpc)
+    os.utime(hpc, (0, 0))
+    assert resolve_resume("auto", run) == str(last), "an older requeue checkpoint is not taken"
+
+
 def test_no_readable_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -250,7 +261,14 @@ def test_a_failed_export_is_finished_by_resume_auto_without_training(
 
 
 # -- Ctrl-C -----------------------------------------------------------------------------------------
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "whole_group"),
+    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c-to-the-process-group", "sigterm-to-the-main-process", "sigterm-to-every-process-as-slurm"],
+)
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(
+    tmp_path: Path, signum: signal.Signals, whole_group: bool
+) -> None:
     if not CLI.exists():
         pytest.skip("selfsup-pretrain is not installed in this environment")
     run = tmp_path / "run"
@@ -263,9 +281,12 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> Non
     while not list(run.glob("logs/version_*/metrics.csv")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    if whole_group:
+        os.killpg(proc.pid, signum)  # what Ctrl-C in a terminal does: the whole process group
+    else:
+        os.kill(proc.pid, signum)  # what `kill`, torchrun and submitit send to the main process
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr[-3000:]
+    assert proc.returncode == 128 + signum, stderr[-3000:]
     line = _one_line(stderr, "interrupted: ")
     state = _finite_checkpoint(run / "checkpoints" / "last.ckpt")
     assert f"stopped at step {state['global_step']}; saved {run / 'checkpoints' / 'last.ckpt'}" in line

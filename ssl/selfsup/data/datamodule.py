@@ -11,11 +11,14 @@ The pretraining loader's order and every sample's random key come from the run's
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Subset
 
 from selfsup.data.dataset import ImageDataset, collate
@@ -184,7 +187,7 @@ class ImageDataModule(pl.LightningDataModule):
         """Batches of the current epoch the training loop has finished (what a checkpoint resumes after)."""
         if self.trainer is None:
             return 0
-        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # type: ignore[attr-defined]
 
     def train_augmentation(self) -> Callable:
         return train_transform(self.image_size, self.crop_scale, self.crop_ratio, self.hflip)
@@ -224,6 +227,7 @@ class ImageDataModule(pl.LightningDataModule):
         return dict(
             num_workers=self.num_workers,
             collate_fn=collate,
+            worker_init_fn=worker_init,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
@@ -248,3 +252,21 @@ class ImageDataModule(pl.LightningDataModule):
             k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
         }
         return self.prepare_batch(batch)
+
+
+def worker_init(worker_id: int) -> None:
+    """Start of every DataLoader worker: seeded as Lightning seeds workers, deaf to the stop signals.
+
+    Ctrl-C in a terminal and SLURM's preemption send SIGINT / SIGTERM to every process of the job; the
+    main process handles them (save a checkpoint after this step, then stop, shutting the workers down),
+    so a worker that died on the signal first would only turn a clean stop into a "worker killed"
+    crash. A second SIGTERM still ends a worker, as does the main process's exit.
+    """
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):  # what Lightning adds when worker_init_fn is None
+        pl_worker_init_function(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_on_second_sigterm)
+
+
+def _end_on_second_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -72,7 +72,7 @@ class EpochSampler(DistributedSampler):
         repeats = -(-self.total_size // self.size)
         return order.repeat(repeats)[: self.total_size]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         start = 0
         if self.resume is not None and self.resume[0] == self.epoch:
             start = self.resume[1]

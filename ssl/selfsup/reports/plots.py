@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def probe_layers(
     present = [e for e in encoders if e in probe.encoders]
     layers = list(dict.fromkeys(layer for e in present for layer in probe.encoders[e].layers))
     width = 0.8 / max(1, len(present))
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(layers), 3.6))
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.2 + 1.1 * len(layers)), 3.8))
     x = np.arange(len(layers))
     for i, encoder in enumerate(present):
         results = [probe.encoders[encoder].layers.get(layer) for layer in layers]
@@ -55,7 +56,8 @@ def probe_layers(
     ax.set_xticks(x, layers)
     ax.set_ylabel("top-1 % (test)")
     ax.set_title("Linear probe per layer")
-    ax.legend(loc="lower right")
+    # Below the axis: bars start under the y range's bottom, so a legend inside would hide them.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(present), frameon=False)
     low = min(r.top1.mean for e in present for r in probe.encoders[e].layers.values())
     ax.set_ylim(max(0.0, low - 10), None)
     return _save(fig, path)
@@ -114,7 +116,7 @@ def embedding(
         ax.scatter(points[mask, 0], points[mask, 1], s=4, color=cmap(int(label) % cmap.N), label=name)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)  # long titles wrap instead of being clipped
     if len(np.unique(labels)) <= 20:
         ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
     return _save(fig, path)

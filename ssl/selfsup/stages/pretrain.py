@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,6 @@ from selfsup.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
-# Folder names inside the run directory, for code that imports them; RunDir owns the layout.
-ENCODER_DIR = RunDir.default(".").encoder.name
-INIT_ENCODER_DIR = RunDir.default(".").encoder_init.name
-
 
 def resolve_resume(resume: str | None, run: RunDir) -> str | None:
     """The checkpoint to resume from: a path, ``auto`` (the run's configured last checkpoint, if any), or None.
@@ -47,32 +44,46 @@ def resolve_resume(resume: str | None, run: RunDir) -> str | None:
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        last = run.last_checkpoint
-        if last is None:
-            raise ConfigError(
-                "resume", "resume=auto needs the last_checkpoint callback (callbacks.last_checkpoint is null)"
-            )
-        if not last.is_file():
-            log.info("resume=auto: no %s yet, starting fresh", last)
-            return None
-        try:
-            check_checkpoint(last)
-        except CheckpointError as e:
-            fallback = newest_readable(last.parent, exclude=last)
-            if fallback is None:
-                raise CheckpointError(
-                    f"{e}, and no other readable checkpoint is in {last.parent}; delete it to start "
-                    "afresh, or pass resume=<a .ckpt path>"
-                ) from None
-            log.warning("%s; resuming from the newest readable checkpoint %s instead", e, fallback)
-            return str(fallback)
-        log.info("resuming from %s", last)
-        return str(last)
+        chosen = _auto_checkpoint(run)
+        # Lightning's SLURM requeue saves hpc_ckpt_N.ckpt in the run directory on SIGUSR1: resume from it
+        # when it is newer than the last periodic checkpoint (Lightning ignores it once a path is given).
+        requeued = newest_readable(run.root)
+        if requeued is not None and (
+            chosen is None or requeued.stat().st_mtime_ns > chosen.stat().st_mtime_ns
+        ):
+            chosen = requeued
+        if chosen is not None:
+            log.info("resuming from %s", chosen)
+        return None if chosen is None else str(chosen)
     path = Path(resume).expanduser()
     if not path.is_file():
         raise ConfigError("resume", f"checkpoint {path} does not exist (use a .ckpt path, auto, or null)")
     check_checkpoint(path)
     return str(path)
+
+
+def _auto_checkpoint(run: RunDir) -> Path | None:
+    """``resume=auto``'s checkpoint: the configured last one, or the newest readable one beside it."""
+    last = run.last_checkpoint
+    if last is None:
+        raise ConfigError(
+            "resume", "resume=auto needs the last_checkpoint callback (callbacks.last_checkpoint is null)"
+        )
+    if not last.is_file():
+        log.info("resume=auto: no %s yet", last)
+        return None
+    try:
+        check_checkpoint(last)
+    except CheckpointError as e:
+        fallback = newest_readable(last.parent, exclude=last)
+        if fallback is None:
+            raise CheckpointError(
+                f"{e}, and no other readable checkpoint is in {last.parent}; delete it to start "
+                "afresh, or pass resume=<a .ckpt path>"
+            ) from None
+        log.warning("%s; resuming from the newest readable checkpoint %s instead", e, fallback)
+        return fallback
+    return last
 
 
 def first_process() -> bool:
@@ -167,7 +178,7 @@ def _train_and_export(
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     if interrupt.requested:
-        raise Interrupted(_resume_hint(interrupt, run))
+        raise Interrupted(_resume_hint(interrupt, run), interrupt.signum or signal.SIGINT)
     images = throughput.steps * datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     results: dict[str, Any] = {
         "task": cfg.task._target_,

@@ -6,8 +6,10 @@
   step and the last good checkpoint. The checks run in hooks that Lightning calls before
   ``ModelCheckpoint``'s own (checkpoint callbacks always run last), so a non-finite state is never
   saved over the last good checkpoint.
-- :class:`GracefulInterrupt` turns the first Ctrl-C (SIGINT) into "finish this step, save ``last.ckpt``,
-  stop"; a second Ctrl-C stops at once (Lightning's own handling), keeping the last checkpoint.
+- :class:`GracefulInterrupt` turns the first Ctrl-C (SIGINT) or SIGTERM (what a scheduler sends to
+  preempt a job, and what SLURM sends at the time limit without ``--signal``) into "finish this step,
+  save ``last.ckpt``, stop"; a second one stops at once (Lightning's own handling), keeping the last
+  checkpoint. The requeued or rerun job continues with ``resume=auto``.
 """
 
 from __future__ import annotations
@@ -91,14 +93,18 @@ class NonFiniteGuard(pl.Callback):
         )
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class GracefulInterrupt(pl.Callback):
-    """On the first Ctrl-C: finish the current step, save ``checkpoint``, and stop training.
+    """On the first Ctrl-C or SIGTERM: finish the current step, save ``checkpoint``, and stop training.
 
     Args:
         checkpoint: where to save (the run's ``last.ckpt``); None when checkpointing is off.
 
     Attributes:
-        requested: Ctrl-C was pressed during training.
+        requested: Ctrl-C was pressed (or SIGTERM arrived) during training.
+        signum: which of the two, or None.
         saved: the checkpoint written after it, or None.
         step: the step at which training stopped.
     """
@@ -106,25 +112,30 @@ class GracefulInterrupt(pl.Callback):
     def __init__(self, checkpoint: Path | None) -> None:
         self.checkpoint = checkpoint
         self.requested = False
+        self.signum: int | None = None
         self.saved: Path | None = None
         self.step = 0
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:  # the second Ctrl-C: stop now
+        if self.requested:  # the second signal: stop now
             self._restore()
             raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Ctrl-C: saving a checkpoint after this step and stopping (press again to stop now)")
+        self.requested, self.signum = True, signum
+        log.warning(
+            "%s: saving a checkpoint after this step and stopping (send it again to stop now)",
+            "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name,
+        )
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Replaces Lightning's own SIGTERM handler, which under SLURM only logs the signal.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -26,14 +26,14 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: Tensor, group: dist.ProcessGroup) -> Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: Tensor, group: dist.ProcessGroup) -> Tensor:
         ctx.group = group
         total = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total, group=group)
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return _AllReduceSum.apply(grad, ctx.group), None
 
 
@@ -139,7 +139,7 @@ class GlobalBatchNorm(LayerSync):
 
     def revert(self, model: nn.Module) -> nn.Module:
         if isinstance(model, SYNCED) and hasattr(model, "original_class"):
-            model = _rebuilt(model, model.original_class)
+            model = _rebuilt(model, model.original_class)  # type: ignore[arg-type]
         for name, child in model.named_children():
             model.add_module(name, self.revert(child))
         return model
