@@ -32,12 +32,14 @@ def pretrain(
     command: str = "selfsup-pretrain",
     timeout: float = 600,
     env: dict[str, str] | None = None,
+    launcher_args: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """``command`` with Hydra ``overrides``, run from ``folder``; fails the test with its output on error.
 
     ``run_dir`` sets ``hydra.run.dir`` (None leaves Hydra's default, or a sweep's); caches go under ``folder``.
+    ``launcher_args`` come between a launcher ``command`` (``torchrun``) and the selfsup command it starts.
     """
-    args = [str(BIN / command), *QUIET, f"paths.cache_dir={folder / 'cache'}", *overrides]
+    args = [str(BIN / command), *launcher_args, *QUIET, f"paths.cache_dir={folder / 'cache'}", *overrides]
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")
     result = subprocess.run(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import options
-from tests.training.commands import encoder_weights, logged, max_difference, pretrain
+from tests.training.commands import BIN, encoder_weights, logged, max_difference, pretrain
 
 BATCH = 16  # the global batch; 2 processes take 8 each
 STEPS = 3
@@ -112,3 +112,13 @@ def test_two_processes_equal_one_for_every_task(tmp_path: Path, task: str) -> No
     if task not in TASKS:
         pytest.fail(f"add an encoder that fits task {task} to TASKS")
     check_equal(*run_pair(tmp_path, [f"task={task}", *TASKS[task]]))
+
+
+def test_torchrun_equals_one_process(fixed_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node=2 selfsup-pretrain ...`` (the README's multi-node command on one node)."""
+    _, one = fixed_pair
+    run = tmp_path / "run"
+    overrides = [*COMMON, *SAME_EVERY_STEP, *FIXED, *RESNET, f"data.batch_size={BATCH // 2}", *DDP]
+    args = ["--nnodes=1", "--nproc-per-node=2", str(BIN / "selfsup-pretrain")]
+    pretrain(tmp_path, [*overrides, f"hydra.run.dir={run}"], command="torchrun", launcher_args=args)
+    check_equal(run, one)
