@@ -29,7 +29,6 @@ TINY = [
     "data.pretrain.num_images=24",
     "data.batch_size=8",
     "data.image_size=16",
-    "trainer.accelerator=cpu",
     "trainer.deterministic=true",
     "trainer.max_steps=-1",
     "trainer.log_every_n_steps=1",
@@ -55,7 +54,12 @@ class KillAt(pl.Callback):
 
 def _start(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    args = [str(COMMAND), *TINY, f"hydra.run.dir={run_dir}", f"paths.cache_dir={run_dir.parent / 'cache'}"]
+    device = (
+        [] if any(o.startswith("trainer.accelerator=") for o in overrides) else ["trainer.accelerator=cpu"]
+    )
+    args = [
+        str(COMMAND), *TINY, *device, f"hydra.run.dir={run_dir}", f"paths.cache_dir={run_dir.parent / 'cache'}"
+    ]  # fmt: skip
     return subprocess.Popen(
         [*args, *overrides], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -123,3 +127,12 @@ def test_every_task_resumes_to_identical_weights(tmp_path: Path, task: str) -> N
     }[task]
     overrides = [f"task={task}", *overrides, "data.num_workers=2", "data.persistent_workers=true"]
     check_killed_run_resumes_exactly(tmp_path, overrides, epochs=3)
+
+
+@pytest.mark.gpu
+def test_killed_gpu_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+    """The same on one GPU with bf16 autocast (``-m gpu``; deterministic kernels through Lightning)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    gpu = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed"]
+    check_killed_run_resumes_exactly(tmp_path, ["encoder.cifar_stem=true", *gpu], epochs=4)
