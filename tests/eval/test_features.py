@@ -139,3 +139,21 @@ def test_features_too_large_for_float16_are_kept_in_float32() -> None:
     assert _store_as(torch.ones(2, 3), [], torch.float16, "stem").dtype == torch.float16
     with pytest.raises(RuntimeError, match=r"non-finite .* layer 'stem'"):
         _store_as(torch.tensor([[float("nan")]]), [], torch.float16, "stem")
+
+
+@pytest.mark.parametrize("token_pool", ["cls", "mean"])
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_no_probed_layer_is_constant_across_images(family: str, token_pool: str) -> None:
+    """Every layer a probe can read varies with the image.
+
+    A ViT's class token at ``patch_embed`` is the learned embedding alone, the same for every image:
+    probed with class-token pooling, it would report chance accuracy as a layer's result.
+    """
+    encoder = ResNetEncoder(18, cifar_stem=True) if family == "resnet" else _vit(token_pool)
+    layers = [*encoder.stage_names, "pooled"]
+    features = extract_features(
+        encoder, _datamodule(), "train", layers, token_pool=token_pool, dtype=torch.float32
+    )
+    for layer in layers:
+        spread = features.features[layer].std(dim=0).max()
+        assert spread > 1e-4, f"{family} layer {layer} ({token_pool} pooling) is the same for every image"

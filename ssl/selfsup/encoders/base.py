@@ -31,12 +31,16 @@ class Encoder(nn.Module):
             (``hydra.utils.instantiate(encoder.config)``); written next to exported weights.
         token_pool: how ``pooled`` reduces a token sequence unless a call says otherwise (``cls`` or
             ``mean``); None for encoders whose features are maps.
+        constant_prefix_layers: token layers whose prefix (class) token is the same for every image
+            (a ViT's patch embedding: the learned class token before any block mixed it with the
+            patches); :meth:`layer_token_pool` pools them by the mean of the patch tokens.
     """
 
     out_dim: int
     stage_names: tuple[str, ...]
     config: dict[str, Any]
     token_pool: str | None = None
+    constant_prefix_layers: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -70,6 +74,14 @@ class Encoder(nn.Module):
             name -> feature map: (B, C, h, w) for convolutional stages, (B, T, D) for token stages.
         """
         raise NotImplementedError
+
+    def layer_token_pool(self, layer: str, token_pool: str) -> str:
+        """How the tokens of ``layer`` are pooled for a probe that asked for ``token_pool``.
+
+        ``mean`` at a layer whose class token carries nothing about the image, since probing a vector
+        that is the same for every image would report chance accuracy as a result.
+        """
+        return "mean" if layer in self.constant_prefix_layers else token_pool
 
     def stage_modules(self) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
         """The modules and loose parameters of each stage, in ``stage_names`` order (for freezing)."""

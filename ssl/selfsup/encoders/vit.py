@@ -70,6 +70,7 @@ class ViTEncoder(Encoder):
     """
 
     num_prefix_tokens = 1
+    constant_prefix_layers = ("patch_embed",)
 
     def __init__(
         self,

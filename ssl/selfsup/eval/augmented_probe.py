@@ -78,7 +78,9 @@ class AugmentedProbe(pl.LightningModule):
         maps = self.encoder.forward_features(images, self.layers, self.token_pool)
         prefix = getattr(self.encoder, "num_prefix_tokens", 1)
         return {
-            layer: pool_feature(maps[layer], self.grids[layer], self.token_pool, prefix).float()
+            layer: pool_feature(
+                maps[layer], self.grids[layer], self.encoder.layer_token_pool(layer, self.token_pool), prefix
+            ).float()
             for layer in self.layers
         }
 
@@ -117,5 +119,10 @@ def dims_of(
         maps = encoder.forward_features(probe, layers, token_pool)
     prefix = getattr(encoder, "num_prefix_tokens", 1)
     return {
-        layer: int(pool_feature(maps[layer], grids[layer], token_pool, prefix).shape[1]) for layer in layers
+        layer: int(
+            pool_feature(
+                maps[layer], grids[layer], encoder.layer_token_pool(layer, token_pool), prefix
+            ).shape[1]
+        )
+        for layer in layers
     }

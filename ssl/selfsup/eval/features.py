@@ -30,7 +30,7 @@ from selfsup.modes import evaluating
 log = logging.getLogger(__name__)
 
 # Part of every cache key: raise it when extraction or pooling changes, so that old files are not reused.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 
 
 @dataclass
@@ -151,7 +151,7 @@ def extract_features(
             maps = encoder.forward_features(batch["image"], layers, token_pool)
             for name in layers:
                 grid = grids if isinstance(grids, int) else grids[name]
-                pooled = pool_feature(maps[name], grid, token_pool, prefix)
+                pooled = pool_feature(maps[name], grid, encoder.layer_token_pool(name, token_pool), prefix)
                 per_layer[name].append(_store_as(pooled, per_layer[name], dtype, name).cpu())
             labels.append(batch["label"].cpu())
             indices.append(batch["index"].cpu())
