@@ -131,6 +131,30 @@ def test_every_experiment_composes(make_cfg, name: str) -> None:
     OmegaConf.resolve(cfg.data)
 
 
+@pytest.mark.parametrize("config_name", ["pipeline", "pretrain"])
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_trains_for_what_it_says(make_cfg, name: str, config_name: str) -> None:
+    """An experiment's length is its own under `selfsup` and `selfsup-pretrain` alike: the main job's
+    400-step budget (conf/pipeline.yaml) must not cap a 100-epoch protocol."""
+    import yaml
+
+    from tests.conftest import CONF
+
+    doc = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text()) or {}
+    if config_name == "pretrain" and any("/eval" in str(entry) for entry in doc.get("defaults", [])):
+        pytest.skip(f"experiment={name} sets the evaluation: a preset of `selfsup` only")
+    trainer = doc.get("trainer") or {}
+    cfg = make_cfg([f"experiment={name}"], config_name=config_name)
+    if "max_epochs" in trainer:
+        assert cfg.trainer.max_epochs == trainer["max_epochs"]
+        assert cfg.trainer.max_steps == trainer.get("max_steps", -1), (
+            f"experiment={name} says {trainer['max_epochs']} epochs but {config_name} caps it at "
+            f"{cfg.trainer.max_steps} steps"
+        )
+    if "max_steps" in trainer:
+        assert cfg.trainer.max_steps == trainer["max_steps"]
+
+
 def test_slurm_launcher_composes(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_module
