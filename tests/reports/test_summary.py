@@ -32,7 +32,9 @@ def test_headline_metrics_of_a_finetune_run() -> None:
         "freeze_until": "stage2",
         "label_fraction": 0.1,
         "finetune_pretrained": 41.5,
+        "finetune_pretrained_std": 0.0,
         "finetune_random_init": 39.0,
+        "finetune_random_init_std": 0.0,
     }
 
 
@@ -47,10 +49,13 @@ def test_summary_of_a_finetune_sweep(tmp_path: Path) -> None:
     text = summary.read_text()
     assert "finetune_pretrained" in text and "label_fraction" in text
     for _, _, pretrained, random_init in settings:
-        assert f"| {pretrained:.2f} | {random_init:.2f} |" in text
+        assert f"| {pretrained:.2f} | 0.00 | {random_init:.2f} | 0.00 |" in text
     csv_rows = (tmp_path / "summary.csv").read_text().splitlines()
-    assert csv_rows[0] == "run,freeze_until,label_fraction,finetune_pretrained,finetune_random_init"
-    assert csv_rows[1] == "1_job,,0.1,45.0,40.0"  # best first by the last column
+    assert csv_rows[0] == (
+        "run,freeze_until,label_fraction,finetune_pretrained,finetune_pretrained_std,"
+        "finetune_random_init,finetune_random_init_std"
+    )
+    assert csv_rows[1] == "1_job,,0.1,45.0,0.0,40.0,0.0"  # best first by finetune_pretrained
     assert not list(tmp_path.glob(".*tmp-*")), "no temporary file is left behind"
     assert (tmp_path / "summary_figures" / "finetune_label_fraction.png").stat().st_size > 1000
 

@@ -21,6 +21,7 @@ import numpy as np
 from selfsup.eval.results import ProbeResults
 
 log = logging.getLogger(__name__)
+COMPARISON_WRAP = 48  # characters per line of a comparison bar's label
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -123,16 +124,48 @@ def embedding(
 
 
 def comparison(
-    table: Sequence[Mapping[str, Any]], metric: str, label_keys: Sequence[str], path: Path
+    labels: Sequence[str],
+    values: Sequence[float],
+    path: Path,
+    title: str,
+    xlabel: str,
+    errors: Sequence[float] | None = None,
+    chance: Sequence[float | None] | None = None,
 ) -> Path:
-    """Horizontal bars of one metric over the runs of a sweep, labelled by what differs between them."""
-    rows = [r for r in table if isinstance(r.get(metric), (int, float))]
-    labels = [" ".join(str(r.get(k, "")) for k in label_keys) or str(i) for i, r in enumerate(rows)]
-    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.35 * len(rows)))
-    ax.barh(np.arange(len(rows)), [r[metric] for r in rows])
-    ax.set_yticks(np.arange(len(rows)), labels, fontsize=8)
+    """Horizontal bars of one metric over the runs of a sweep, the figure sized to its labels.
+
+    Args:
+        labels: one per bar, what distinguishes the run (long labels wrap onto several lines).
+        values: the bar lengths.
+        path: the PNG to write.
+        title: figure title.
+        xlabel: what the bars measure, with its unit.
+        errors: a spread per bar (e.g. the std over probe seeds), drawn as error bars and in the value.
+        chance: a chance level per bar (None where unknown), drawn as a dashed tick across the bar.
+    """
+    wrapped = [textwrap.fill(label, COMPARISON_WRAP) for label in labels]
+    lines_per_bar = [w.count("\n") + 1 for w in wrapped]
+    longest = max((len(line) for w in wrapped for line in w.splitlines()), default=1)
+    height = 1.3 + sum(0.2 + 0.17 * n for n in lines_per_bar)
+    width = 3.8 + 0.075 * longest
+    fig, ax = plt.subplots(figsize=(width, height))
+    y = np.arange(len(values))
+    spread = list(errors) if errors is not None else [0.0] * len(values)
+    ax.barh(y, values, xerr=spread if errors is not None else None, capsize=3, color="tab:blue")
+    for i, (value, err) in enumerate(zip(values, spread, strict=True)):
+        text = f"{value:.2f}" + (f" ± {err:.2f}" if errors is not None else "")
+        ax.text(value + err, i, f"  {text}", va="center", fontsize=8)
+    if chance is not None and any(c is not None for c in chance):
+        for i, level in enumerate(chance):
+            if level is not None:
+                ax.vlines(level, i - 0.4, i + 0.4, colors="black", linestyles="dashed", label="chance")
+        handles, names = ax.get_legend_handles_labels()
+        ax.legend(handles[:1], names[:1], loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    ax.set_yticks(y, wrapped, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(metric)
+    ax.set_xlim(0, max((v + e for v, e in zip(values, spread, strict=True)), default=1.0) * 1.3 or 1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_title(textwrap.fill(title, int(width * 11)), fontsize=10)  # about 11 characters an inch
     return _save(fig, path)
 
 

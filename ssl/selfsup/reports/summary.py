@@ -1,9 +1,15 @@
 """One page over a sweep: a leaderboard of every run's metrics and comparison plots.
 
-``selfsup-summary <multirun dir>`` (or automatically at the end of every ``-m`` sweep, through the
-Hydra callback :class:`SweepSummary` in conf/hydra/default.yaml) reads each job's metrics.json and the
-choices Hydra recorded (.hydra/hydra.yaml), and writes ``summary.md`` and ``summary.csv`` in the sweep
-directory, with figures in ``summary_figures/``.
+``selfsup-summary <multirun dir>`` (or automatically after every job of a ``-m`` sweep, through the
+Hydra callback :class:`~selfsup.stages.sweep.SweepCallback` in conf/hydra/default.yaml) reads each job's
+metrics.json and the choices Hydra recorded (.hydra/hydra.yaml), and writes ``summary.md`` and
+``summary.csv`` in the sweep directory, with figures in ``summary_figures/``. Jobs that failed (an
+``error`` section in their metrics.json) are listed with their error.
+
+Figures compare like with like: bars are labelled by the settings that vary between jobs, probe and
+fine-tuning bars carry the probe-seed spread, and pretext tasks are compared by accuracy against their
+chance level (:data:`PRETEXT_CHANCE`), never by loss (a rotation loss and a reconstruction loss are on
+different scales).
 """
 
 from __future__ import annotations
@@ -16,8 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from selfsup.atomic import atomic_write_text
 from selfsup.eval.results import FinetuneResults, KnnResults, ProbeResults
@@ -30,6 +35,17 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.md"
 SUMMARY_CSV = "summary.csv"
 GROUPS = ("task", "encoder", "data")
+IMAGES_PER_S = "pretrain_images_per_s"
+# What pretrain.images_per_s counts, said beside the column.
+IMAGES_PER_S_NOTE = (
+    f"`{IMAGES_PER_S}` counts source images (before the task makes rotations, tiles or masks) per "
+    "second of the training loop, over all devices."
+)
+# The pretext accuracy each task logs, and its chance level from the task's config (None: unknown).
+PRETEXT_CHANCE: dict[str, Any] = {
+    "rotation_acc": lambda task: 1 / 4,
+    "jigsaw_acc": lambda task: 1 / int(task["num_permutations"]) if "num_permutations" in task else None,
+}
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
@@ -50,8 +66,44 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         row["overrides"] = " ".join(
             o for o in hydra_cfg.overrides.task if not o.startswith(("paths.", "hydra."))
         )
-    row.update(headline_metrics(run.read_metrics()))
+    metrics = run.read_metrics()
+    row.update(headline_metrics(metrics))
+    row.update(pretext_accuracy(metrics.get("pretrain", {}), _task_config(run)))
+    if metrics.get("error"):
+        row["error"] = f"{metrics['error'].get('type')}: {_first_line(metrics['error'].get('message'))}"
     return row
+
+
+def _task_config(run: RunDir) -> dict[str, Any]:
+    """The run's task config as recorded (.hydra/config.yaml), or {}."""
+    config_file = run.hydra_dir / "config.yaml"
+    if not config_file.is_file():
+        return {}
+    task = OmegaConf.load(config_file).get("task")
+    return dict(OmegaConf.to_container(task, resolve=False)) if task is not None else {}  # type: ignore[arg-type]
+
+
+def pretext_accuracy(pretrain: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """``pretext_acc`` (%) of the accuracy the task logs, and ``pretext_chance`` (%) when known."""
+    for key, chance in PRETEXT_CHANCE.items():
+        if isinstance(pretrain.get(key), (int, float)):
+            out: dict[str, Any] = {"pretext_metric": key, "pretext_acc": 100 * float(pretrain[key])}
+            level = chance(task)
+            if level is not None:
+                out["pretext_chance"] = 100 * level
+            return out
+    return {}
+
+
+def _first_line(text: Any, limit: int = 160) -> str:
+    """The first line of ``text``, cut to ``limit`` characters (a table cell stays one line)."""
+    line = str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def failed_runs(sweep_dir: str | Path) -> list[str]:
+    """Names of the runs under ``sweep_dir`` whose metrics.json records an error."""
+    return [r.name for r in find_runs(Path(sweep_dir)) if RunDir.open(r).read_metrics().get("error")]
 
 
 def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +114,7 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     pretrain = metrics.get("pretrain", {})
-    for key in ("steps", "time_s", "loss"):
+    for key in ("steps", "time_s", "images_per_s", "loss"):
         if key in pretrain:
             out[f"pretrain_{key}"] = pretrain[key]
     if metrics.get("linear_probe"):
@@ -76,7 +128,9 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         finetune = FinetuneResults.from_dict(metrics["finetune"])
         out["freeze_until"] = finetune.freeze_until
         out["label_fraction"] = finetune.label_fraction
-        out.update({f"finetune_{label}": r.top1.mean for label, r in finetune.encoders.items()})
+        for label, r in finetune.encoders.items():
+            out[f"finetune_{label}"] = r.top1.mean
+            out[f"finetune_{label}_std"] = r.top1.std
     return out
 
 
@@ -93,6 +147,7 @@ def _probe_columns(probe: ProbeResults) -> dict[str, Any]:
             out[f"gain_{layer}"] = probe.comparison.layers[layer].gain
     best = max(layers, key=lambda layer: layers[layer].top1.mean)
     out["probe_best"] = layers[best].top1.mean
+    out["probe_best_std"] = layers[best].top1.std
     out["probe_best_layer"] = best
     return out
 
@@ -105,20 +160,31 @@ def summarize(sweep_dir: str | Path) -> Path | None:
         log.warning("no runs with metrics.json under %s: no summary written", sweep_dir)
         return None
     rows = [run_row(r) for r in runs]
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    sort_key = "probe_best" if any("probe_best" in r for r in rows) else columns[-1]
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "error"))
+    columns += ["error"] if any("error" in r for r in rows) else []
+    sort_key = _sort_key(columns)
     rows.sort(key=lambda r: -r[sort_key] if isinstance(r.get(sort_key), (int, float)) else float("inf"))
     atomic_write_text(sweep_dir / SUMMARY_CSV, _csv_text(columns, rows))
     varying = [g for g in (*GROUPS, "overrides") if len({r.get(g) for r in rows}) > 1] or ["run"]
     figures = _figures(rows, columns, varying, sweep_dir / "summary_figures")
+    failed = [r for r in rows if "error" in r]
     parts = [
         f"# Sweep summary: {sweep_dir}",
         "",
-        f"{len(rows)} runs, best first by `{sort_key}`. Accuracies are top-1 % on each run's test split.",
+        f"{len(rows)} runs ({len(failed)} failed), best first by `{sort_key}`. Accuracies are top-1 % on "
+        "each run's test split; `*_std` is the spread over probe seeds.",
         "",
         markdown_table(columns, [[r.get(c, "") for c in columns] for r in rows]),
         "",
     ]
+    if IMAGES_PER_S in columns:
+        parts += [IMAGES_PER_S_NOTE, ""]
+    if "pretrain_loss" in columns and len({r.get("task") for r in rows}) > 1:
+        parts += [
+            "`pretrain_loss` is each task's own loss: losses of different tasks are not comparable;",
+            "`pretext_acc` against `pretext_chance` (%) is, where the task logs an accuracy.",
+            "",
+        ]
     if "probe_best" in columns:
         parts += [
             "`probe_best` is the test accuracy of each run's best probed layer (`probe_best_layer`), chosen on",
@@ -126,11 +192,45 @@ def summarize(sweep_dir: str | Path) -> Path | None:
             "a fixed `probe_<layer>` column.",
             "",
         ]
+    if failed:
+        parts += ["## Failed jobs", ""]
+        for r in failed:
+            error = RunDir.open(sweep_dir / str(r["run"])).read_metrics().get("error", {})
+            parts += [f"- `{r['run']}` ({r.get('overrides') or 'no overrides'}): {r['error']}"]
+            parts += ["", "  ```", *(f"  {line}" for line in error.get("traceback", [])), "  ```", ""]
     for name, path in figures.items():
         parts += [f"## {name}", "", f"![{name}]({path.relative_to(sweep_dir)})", ""]
     out = atomic_write_text(sweep_dir / SUMMARY_FILE, "\n".join(parts))
     log.info("sweep summary of %d runs written to %s", len(rows), out)
     return out
+
+
+def _sort_key(columns: list[str]) -> str:
+    """The column runs are ranked by: the best probe, else kNN, else fine-tuning, else the last column."""
+    ranked = [c for c in columns if c.startswith(("probe_best", "knn_top1", "finetune_"))]
+    ranked = [c for c in ranked if not c.endswith(("_std", "_layer"))]
+    return ranked[0] if ranked else columns[-1]
+
+
+def varying_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """A label per row naming only the settings that differ between rows: ``task=jigsaw, optim.lr=0.002``.
+
+    Settings are the group choices and the command-line overrides (``paths.``/``hydra.`` left out);
+    a row without a setting the others have shows it as ``-``. Rows that differ in nothing are named
+    by their run folder.
+    """
+    settings = []
+    for r in rows:
+        own = {g: str(r[g]) for g in GROUPS if r.get(g) is not None}
+        for token in str(r.get("overrides") or "").split():
+            key, _, value = token.lstrip("+~").partition("=")
+            own[key] = value
+        settings.append(own)
+    keys = list(dict.fromkeys(k for own in settings for k in own))
+    varying = [k for k in keys if len({own.get(k) for own in settings}) > 1]
+    if not varying:
+        return [str(r["run"]) for r in rows]
+    return [", ".join(f"{k}={own.get(k, '-')}" for k in varying) for own in settings]
 
 
 def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
@@ -142,19 +242,32 @@ def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+# Bar figures of a sweep: metric -> (title, x label).
+TITLES = {
+    "probe_best": ("Linear probe, best layer of each run", "top-1 % (test), ± std over probe seeds"),
+    "knn_top1": ("kNN", "top-1 % (test)"),
+    "finetune_": ("Fine-tuning", "top-1 % (test), ± std over seeds"),
+}
+
+
 def _figures(
     rows: list[dict[str, Any]], columns: list[str], varying: list[str], folder: Path
 ) -> dict[str, Path]:
     figures: dict[str, Path] = {}
-    for metric in [c for c in columns if c.startswith(("probe_best", "knn_top1", "finetune_"))]:
-        if metric == "probe_best_layer":
-            continue
-        figures[metric] = plots.comparison(rows, metric, varying, folder / f"{metric}.png")
+    bars = [
+        c
+        for c in columns
+        if c.startswith(tuple(TITLES)) and not c.endswith(("_std", "_layer")) and c not in varying
+    ]
+    for metric in bars:
+        figures[metric] = _bars(rows, metric, folder, chance=None)
+    if any("pretext_acc" in r for r in rows):
+        figures["pretext accuracy"] = _bars(rows, "pretext_acc", folder, chance="pretext_chance")
     # The freeze-versus-fine-tune picture: accuracy against the label fraction, one line per setting.
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r, context in zip(rows, _series_contexts(rows, varying), strict=True):
         if isinstance(r.get("label_fraction"), (int, float)):
-            for key in (k for k in r if k.startswith("finetune_")):
+            for key in (k for k in r if k.startswith("finetune_") and not k.endswith("_std")):
                 setting = f"{key.removeprefix('finetune_')}, frozen until {r.get('freeze_until') or 'nothing'}{context}"
                 points[setting].append((float(r["label_fraction"]), float(r[key])))
     if points:
@@ -169,14 +282,29 @@ def _figures(
     return figures
 
 
-class SweepSummary(Callback):
-    """Hydra callback: write the sweep summary when a multirun ends (conf/hydra/default.yaml)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            summarize(config.hydra.sweep.dir)
-        except Exception as e:  # a failed summary must not fail a finished sweep
-            log.error("could not write the sweep summary: %s", e)
+def _bars(rows: list[dict[str, Any]], metric: str, folder: Path, chance: str | None) -> Path:
+    """One comparison bar plot of ``metric`` over the rows that have it, labelled by what varies."""
+    have = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    std = [r.get(f"{metric}_std") for r in have]
+    if metric == "pretext_acc":
+        names = sorted({str(r.get("pretext_metric")) for r in have})
+        title, xlabel = (
+            f"Pretext accuracy ({', '.join(names)}) against chance",
+            "pretext accuracy % (last step)",
+        )
+    else:
+        prefix = next(p for p in TITLES if metric.startswith(p))
+        title, xlabel = TITLES[prefix]
+        title += f": {metric}" if prefix != "probe_best" else ""
+    return plots.comparison(
+        varying_labels(have),
+        [float(r[metric]) for r in have],
+        folder / f"{metric}.png",
+        title,
+        xlabel if all(isinstance(s, (int, float)) for s in std) else xlabel.split(", ±")[0],
+        errors=[float(s) for s in std] if all(isinstance(s, (int, float)) for s in std) else None,
+        chance=[r.get(chance) for r in have] if chance is not None else None,
+    )
 
 
 def main() -> None:
