@@ -10,10 +10,11 @@ import torch
 from torchvision.io import encode_png
 
 from selfsup.data.datamodule import ImageDataModule
+from selfsup.data.decode import decode
 from selfsup.data.sources import ArrayImages, FolderImages
 from selfsup.data.synthetic import synthetic
-from selfsup.data.transforms import normalize
-from selfsup.errors import DataError
+from selfsup.data.transforms import normalize, train_transform
+from selfsup.errors import ConfigError, DataError
 from tests.conftest import test_datamodule
 
 
@@ -100,3 +101,23 @@ def test_train_and_test_must_have_the_same_classes(tmp_path: Path) -> None:
         dm.classes()
     same = _module(test=partial(synthetic, 8, 40, seed=2))
     assert same.classes() == same.source("train").classes
+
+
+def test_padded_crop_option_reaches_the_training_loader() -> None:
+    dm = _module(pretrain=partial(synthetic, 16, 32, seed=0), image_size=32, crop="padded", crop_padding=4)
+    dm.setup("fit")
+    assert dm.train_augmentation().crop == "padded"
+    reference = train_transform(32, crop="padded", crop_padding=4)
+    batch = next(iter(dm.train_dataloader()))
+    source = dm.source("pretrain")
+    for image, index, key in zip(batch["image"], batch["index"], batch["key"], strict=True):
+        sample = source.get(int(index))
+        assert torch.equal(image, reference(decode(sample.data, sample.name), key))
+    assert (batch["image"] == 0).any()  # the zero padding shows in some windows
+
+
+def test_an_unknown_crop_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"data\.crop'"):
+        _module(crop="center")
+    with pytest.raises(ConfigError, match=r"data\.crop_padding"):
+        _module(crop="padded", crop_padding=-1)

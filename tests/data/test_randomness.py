@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from selfsup.data.sampler import EpochSampler
-from selfsup.data.transforms import crop_box, train_transform
+from selfsup.data.transforms import crop_box, padded_crop_offset, train_transform
 from selfsup.tasks.masking import block_mask, random_masking
 from selfsup.tasks.rotnet import rotate_batch
 from selfsup.training.randomness import FLIP, integers, mix64, sample_key, uniform
@@ -131,3 +133,36 @@ def test_workers_and_persistent_workers_draw_what_the_main_process_draws() -> No
         torch.equal(a, b) for ea, eb in zip(main, workers, strict=True) for a, b in zip(ea, eb, strict=True)
     )
     assert not torch.equal(main[0][0], main[1][0]), "a new epoch draws a new order and new crops"
+
+
+def test_padded_crop_offsets_are_uniform_over_every_position() -> None:
+    # RandomCrop(32, padding=4) on a 32 px image: 2 * 4 + 1 = 9 offsets per axis, 81 windows.
+    keys = sample_key(0, 0, torch.arange(9000))
+    offsets = torch.tensor([padded_crop_offset(k, 32, 32, 32, 4) for k in keys])
+    for axis in range(2):
+        counts = torch.bincount(offsets[:, axis], minlength=9)
+        assert len(counts) == 9 and (counts - 1000).abs().max() < 150  # std of a count is about 30
+    assert len({tuple(o) for o in offsets.tolist()}) == 81
+    assert padded_crop_offset(keys[0], 40, 36, 32, 0)[0] <= 8  # larger images: any window inside
+
+
+def test_padded_crop_is_the_window_of_the_zero_padded_image_then_a_flip() -> None:
+    augment = train_transform(32, crop="padded", crop_padding=4)
+    unflipped = train_transform(32, crop="padded", crop_padding=4, hflip=False)
+    image = torch.randint(1, 256, (3, 32, 32), dtype=torch.uint8)  # no zeros: padding shows
+    flips = 0
+    for key in sample_key(3, 2, torch.arange(400)):
+        top, left = padded_crop_offset(key, 32, 32, 32, 4)
+        reference = F.pad(image, (4, 4, 4, 4), value=0)[:, top : top + 32, left : left + 32]
+        assert torch.equal(unflipped(image, key), reference)
+        flipped = bool(uniform(key.view(1), FLIP, 1).item() < 0.5)
+        assert torch.equal(augment(image, key), reference.flip(-1) if flipped else reference)
+        flips += flipped
+    assert 160 < flips < 240  # flip rate 1/2: std of the count is 10
+
+
+def test_padded_crop_refuses_bad_options_and_small_images() -> None:
+    with pytest.raises(ValueError, match="crop must be one of"):
+        train_transform(32, crop="padding")
+    with pytest.raises(ValueError, match="at least 24 px"):
+        train_transform(32, crop="padded", crop_padding=4)(torch.zeros(3, 20, 20, dtype=torch.uint8), 1)

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Subset
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.sampler import EpochSampler, ResumableLoader
 from selfsup.data.sources import ImageSource
-from selfsup.data.transforms import eval_transform, normalize, train_transform
-from selfsup.errors import DataError
+from selfsup.data.transforms import CROPS, eval_transform, normalize, train_transform
+from selfsup.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class ImageDataModule(pl.LightningDataModule):
         crop_scale: area range of the random resized crop.
         crop_ratio: aspect-ratio range of the random resized crop.
         hflip: random horizontal flips.
+        crop: the training crop: ``random_resized`` (``crop_scale``, ``crop_ratio``) or ``padded``
+            (torchvision's ``RandomCrop(image_size, padding=crop_padding)`` with zero padding, RotNet's).
+        crop_padding: zero padding of every side before a ``padded`` crop.
         mean: per-channel mean in [0, 1] units, subtracted on the device.
         std: per-channel std in [0, 1] units.
         eval_crop_fraction: downstream images are resized to ``image_size / eval_crop_fraction`` and
@@ -80,6 +83,8 @@ class ImageDataModule(pl.LightningDataModule):
         path: str | None,
         seed: int,
         hflip: bool = True,
+        crop: str = "random_resized",
+        crop_padding: int = 4,
         on_bad_image: str = "skip",
         download: bool = False,
     ) -> None:
@@ -87,6 +92,11 @@ class ImageDataModule(pl.LightningDataModule):
         self.factories = {"pretrain": pretrain, "train": train, "test": test}
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.crop_scale, self.crop_ratio, self.hflip = tuple(crop_scale), tuple(crop_ratio), hflip
+        if crop not in CROPS:
+            raise ConfigError("data.crop", f"must be one of {list(CROPS)}, got {crop!r}")
+        if crop_padding < 0:
+            raise ConfigError("data.crop_padding", f"must be >= 0, got {crop_padding}")
+        self.crop, self.crop_padding = crop, int(crop_padding)
         self.mean, self.std = tuple(mean), tuple(std)
         self.eval_crop_fraction = eval_crop_fraction
         self.on_bad_image = on_bad_image
@@ -190,7 +200,9 @@ class ImageDataModule(pl.LightningDataModule):
         return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # type: ignore[attr-defined]
 
     def train_augmentation(self) -> Callable:
-        return train_transform(self.image_size, self.crop_scale, self.crop_ratio, self.hflip)
+        return train_transform(
+            self.image_size, self.crop_scale, self.crop_ratio, self.hflip, self.crop, self.crop_padding
+        )
 
     def labeled_dataloader(
         self, split: str, augment: bool = False, batch_size: int | None = None

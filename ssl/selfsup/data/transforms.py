@@ -9,6 +9,10 @@ the worker, rank or batch it lands in. The rule is torchvision's ``RandomResized
 tries of area fraction uniform in ``scale`` and log aspect ratio uniform in ``log(ratio)``, else the
 centre crop) and ``RandomHorizontalFlip`` (probability 1/2); only the source of the random numbers
 differs.
+
+``crop="padded"`` is instead torchvision's ``RandomCrop(image_size, padding=crop_padding)`` (RotNet's
+CIFAR-10 augmentation): zero-pad every side by ``crop_padding`` px and cut an ``image_size`` window at
+an offset uniform over all positions (``2 * crop_padding + 1`` per axis for a 32 px image at 32 px).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.training.randomness import CROP, FLIP, random_keys, uniform
+from selfsup.training.randomness import CROP, FLIP, integers, random_keys, uniform
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop: tries before falling back to the centre crop
+CROPS = ("random_resized", "padded")
 
 
 def crop_box(
@@ -61,8 +66,32 @@ def crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def padded_crop_offset(key: Tensor, height: int, width: int, size: int, padding: int) -> tuple[int, int]:
+    """torchvision's ``RandomCrop(size, padding)`` offset, drawn from ``key``.
+
+    Args:
+        key: () int64 sample key.
+        height: image height in px, before padding.
+        width: image width in px, before padding.
+        size: side of the square window.
+        padding: zero padding added to every side.
+
+    Returns:
+        (top, left) of the window in the padded image, uniform in ``[0, height + 2 * padding - size]``
+        and ``[0, width + 2 * padding - size]``.
+    """
+    high_top, high_left = height + 2 * padding - size + 1, width + 2 * padding - size + 1
+    if high_top < 1 or high_left < 1:
+        raise ValueError(
+            f"a {size} px padded crop needs images of at least {size - 2 * padding} px with "
+            f"padding {padding}, got {height}x{width}"
+        )
+    top, left = integers(key.view(1), CROP, 2, torch.tensor([high_top, high_left])).view(2).tolist()
+    return int(top), int(left)
+
+
 class KeyedAugmentation:
-    """Random resized crop to ``image_size`` and an optional horizontal flip, on (3, H, W) uint8.
+    """Random (resized or padded) crop to ``image_size`` and an optional horizontal flip, on (3, H, W) uint8.
 
     Called with a sample key (what the training loader's sampler hands the dataset) the draw is a
     function of the key; called without one it draws a key from torch's global generator.
@@ -72,6 +101,8 @@ class KeyedAugmentation:
         crop_scale: area range of the crop.
         crop_ratio: aspect-ratio range of the crop.
         hflip: flip horizontally with probability 1/2.
+        crop: ``random_resized`` (``crop_scale``, ``crop_ratio``) or ``padded`` (``crop_padding``).
+        crop_padding: zero padding of every side before a ``padded`` crop.
     """
 
     def __init__(
@@ -80,25 +111,46 @@ class KeyedAugmentation:
         crop_scale: Sequence[float] = (0.2, 1.0),
         crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: bool = True,
+        crop: str = "random_resized",
+        crop_padding: int = 4,
     ) -> None:
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {list(CROPS)}, got {crop!r}")
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         self.image_size, self.hflip = image_size, hflip
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
+        self.crop, self.crop_padding = crop, crop_padding
 
     def __call__(self, image: Tensor, key: Tensor | int | None = None) -> Tensor:
         """(3, H, W) uint8 -> (3, image_size, image_size) uint8."""
         key = random_keys(1)[0] if key is None else torch.as_tensor(key, dtype=torch.int64)
-        top, left, h, w = crop_box(key, image.shape[-2], image.shape[-1], self.crop_scale, self.crop_ratio)
-        size = [self.image_size, self.image_size]
-        image = TF.resized_crop(image, top, left, h, w, size, antialias=True)
+        if self.crop == "padded":
+            image = self._padded_crop(image, key)
+        else:
+            top, left, h, w = crop_box(
+                key, image.shape[-2], image.shape[-1], self.crop_scale, self.crop_ratio
+            )
+            size = [self.image_size, self.image_size]
+            image = TF.resized_crop(image, top, left, h, w, size, antialias=True)
         if self.hflip and uniform(key.view(1), FLIP, 1).item() < 0.5:
             image = TF.horizontal_flip(image)
         return image
 
+    def _padded_crop(self, image: Tensor, key: Tensor) -> Tensor:
+        """(3, H, W) -> (3, image_size, image_size): the window at the key's offset of the zero-padded image."""
+        size, pad = self.image_size, self.crop_padding
+        top, left = padded_crop_offset(key, image.shape[-2], image.shape[-1], size, pad)
+        padded = TF.pad(image, [pad, pad, pad, pad], fill=0) if pad else image
+        return padded[..., top : top + size, left : left + size].contiguous()
+
     def __repr__(self) -> str:
-        return (
-            f"KeyedAugmentation(image_size={self.image_size}, crop_scale={self.crop_scale}, "
-            f"crop_ratio={self.crop_ratio}, hflip={self.hflip})"
+        crop = (
+            f"crop='padded', crop_padding={self.crop_padding}"
+            if self.crop == "padded"
+            else f"crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}"
         )
+        return f"KeyedAugmentation(image_size={self.image_size}, {crop}, hflip={self.hflip})"
 
 
 def train_transform(
@@ -106,9 +158,11 @@ def train_transform(
     crop_scale: Sequence[float] = (0.2, 1.0),
     crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = True,
+    crop: str = "random_resized",
+    crop_padding: int = 4,
 ) -> KeyedAugmentation:
-    """Random resized crop to ``image_size`` and an optional horizontal flip, on (3, H, W) uint8."""
-    return KeyedAugmentation(image_size, crop_scale, crop_ratio, hflip)
+    """Random resized or padded crop to ``image_size`` and an optional horizontal flip, on (3, H, W) uint8."""
+    return KeyedAugmentation(image_size, crop_scale, crop_ratio, hflip, crop, crop_padding)
 
 
 def eval_transform(image_size: int, crop_fraction: float = 1.0) -> v2.Transform:
