@@ -121,3 +121,22 @@ def test_an_unknown_crop_is_a_config_error() -> None:
         _module(crop="center")
     with pytest.raises(ConfigError, match=r"data\.crop_padding"):
         _module(crop="padded", crop_padding=-1)
+
+
+@pytest.mark.parametrize("experiment", ["rotnet_nin_paper", "rotnet_nin_official"])
+def test_rotnet_nin_experiments_use_the_official_data_pipeline(make_cfg, experiment: str) -> None:
+    # gidariss/FeatureLearningRotNet dataloader.py: mean [125.3, 123.0, 113.9] / 255, std
+    # [63.0, 62.1, 66.7] / 255, RandomCrop(32, padding=4) and RandomHorizontalFlip on the train split.
+    cfg = make_cfg([f"experiment={experiment}"])
+    data = cfg.data
+    assert list(data.mean) == pytest.approx([x / 255 for x in (125.3, 123.0, 113.9)], abs=1e-9)
+    assert list(data.std) == pytest.approx([x / 255 for x in (63.0, 62.1, 66.7)], abs=1e-9)
+    assert (data.crop, data.crop_padding, data.hflip, data.image_size, data.batch_size) == (
+        "padded",
+        4,
+        True,
+        32,
+        128,
+    )
+    assert (cfg.encoder.num_blocks, cfg.encoder.avg_pool_block3, cfg.task.rotations) == (4, False, "all")
+    assert cfg.optim.no_decay_bias_and_norm is False and cfg.optim.lr_scaling == "none"

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from itertools import pairwise
+from types import SimpleNamespace
+from unittest.mock import PropertyMock, patch
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from selfsup.data.sources import ArrayImages
 from selfsup.encoders import ResNetEncoder, ViTEncoder
 from selfsup.eval.finetune import stage_param_groups
+from selfsup.stages.components import build_encoder, build_task
 from selfsup.tasks.mae import MAE
 from selfsup.tasks.rotnet import RotNet
 from selfsup.tasks.simmim import SimMIM
@@ -22,7 +27,7 @@ from selfsup.training.schedules import (
     warmup_step,
     warmup_steps_of,
 )
-from tests.conftest import CONF
+from tests.conftest import CONF, test_datamodule
 
 
 def _lrs(make, total: int = 100, **kwargs) -> list[float]:
@@ -153,3 +158,37 @@ def test_a_task_without_optim_settings_uses_the_shipped_adamw() -> None:
         shipped.lr_scaling,
     )
     assert task.optim.optimizer.func is torch.optim.AdamW
+
+
+@pytest.mark.parametrize(
+    ("experiment", "epochs", "milestone_epochs"),
+    [("rotnet_nin_paper", 100, [30, 60, 80]), ("rotnet_nin_official", 200, [60, 120, 160])],
+)
+def test_rotnet_nin_rates_drop_on_the_papers_epochs(
+    make_cfg, experiment: str, epochs: int, milestone_epochs: list[int]
+) -> None:
+    cfg = make_cfg([f"experiment={experiment}"])
+    assert cfg.trainer.max_epochs == epochs and cfg.trainer.max_steps == -1
+    # 50,000 CIFAR-10 images at batch 128: the pretraining sampler drops the last partial batch, so an
+    # epoch is 390 steps (the official loader keeps it: 391) and every milestone is an epoch boundary.
+    cifar = partial(ArrayImages, torch.zeros(50_000, 3, 1, 1, dtype=torch.uint8), [-1] * 50_000, None, "c")
+    dm = test_datamodule(pretrain=cifar, batch_size=cfg.data.batch_size)
+    dm.setup("fit")
+    steps_per_epoch = len(dm.train_dataloader())
+    assert steps_per_epoch == 390
+    task = build_task(cfg, build_encoder(cfg))
+    trainer = SimpleNamespace(
+        datamodule=dm, world_size=1, accumulate_grad_batches=1, estimated_stepping_batches=epochs * 390
+    )
+    with patch.object(type(task), "trainer", new_callable=PropertyMock, return_value=trainer):
+        configured = task.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD) and task.lr == 0.1  # no scaling: 128 x 4 rotations
+    assert all(
+        g["weight_decay"] == 5e-4 and g["nesterov"] and g["momentum"] == 0.9 for g in optimizer.param_groups
+    )
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(task.parameters()))
+    factor = scheduler.lr_lambdas[0]
+    drops = [step for step in range(1, epochs * 390) if factor(step) != factor(step - 1)]
+    assert drops == [e * steps_per_epoch for e in milestone_epochs]
+    assert [factor(s) for s in [0, *drops]] == pytest.approx([1.0, 0.2, 0.04, 0.008])
