@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 
@@ -157,3 +158,13 @@ def test_no_probed_layer_is_constant_across_images(family: str, token_pool: str)
     for layer in layers:
         spread = features.features[layer].std(dim=0).max()
         assert spread > 1e-4, f"{family} layer {layer} ({token_pool} pooling) is the same for every image"
+
+
+def test_extraction_reports_progress_per_batch(caplog: pytest.LogCaptureFixture) -> None:
+    """Not a terminal: a start line, a line per tenth of the batches, an end line, named as asked."""
+    caplog.set_level(logging.INFO, logger="selfsup.progress")
+    encoder = ResNetEncoder(18, cifar_stem=True)
+    extract_features(encoder, _datamodule(), "train", ["pooled"], description="features: mine / train")
+    lines = [r.getMessage() for r in caplog.records if r.name == "selfsup.progress"]
+    assert lines[0] == "features: mine / train: started (3 batches)"  # 12 images, batches of 5
+    assert lines[-1].startswith("features: mine / train: done in ")

@@ -109,3 +109,11 @@ def test_ddp_ranks_vote_over_the_whole_training_set() -> None:
         pytest.skip(f"cannot start a 2-process gloo group here: {e}")
     single = knn_classify(train, labels, test, 4, ks=(20,))[20]
     assert torch.equal(out[0], single) and torch.equal(out[1], single)
+
+
+def test_progress_callback_counts_every_test_row() -> None:
+    g = torch.Generator().manual_seed(3)
+    train, test = torch.randn(50, 8, generator=g), torch.randn(23, 8, generator=g)
+    seen: list[int] = []
+    knn_classify(train, torch.arange(50) % 2, test, 2, ks=(5,), query_chunk=10, on_chunk=seen.append)
+    assert seen == [10, 10, 3]

@@ -106,3 +106,13 @@ def test_probe_is_reproducible_for_a_seed_and_varies_across_seeds() -> None:
     assert runs[0] != runs[2], "another seed gives another accuracy (42 % against 25 % here)"
     probe = MultiLayerProbe({"a": 10}, 4)
     assert set(probe(train.features)) == {"a"}
+
+
+def test_on_epoch_is_called_once_per_epoch() -> None:
+    (x, y), (xt, yt) = _blobs(100, 0), _blobs(40, 1)
+    calls: list[None] = []
+    fit_linear_probes(
+        FeatureSet({"a": x}, y), FeatureSet({"a": xt}, yt), 4, epochs=3, batch_size=32,
+        on_epoch=lambda: calls.append(None),
+    )  # fmt: skip
+    assert len(calls) == 3

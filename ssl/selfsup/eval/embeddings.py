@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from selfsup import progress
 from selfsup.atomic import atomic_write
 
 PROJECTIONS = ("tsne", "umap")
@@ -69,10 +70,11 @@ def project_2d(
             raise ValueError(
                 "projection 'umap' needs umap-learn: pip install umap-learn (or use 'tsne')"
             ) from e
-        return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
+        with progress.task(f"UMAP of {len(x):,} points", total=None):
+            return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
     from sklearn.manifold import TSNE
 
     perplexity = min(perplexity, max(2.0, (len(x) - 1) / 3))  # t-SNE needs perplexity < N
-    return np.asarray(
-        TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
-    )
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+    with progress.task(f"t-SNE of {len(x):,} points", total=None):
+        return np.asarray(tsne.fit_transform(x))

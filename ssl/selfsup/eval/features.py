@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from selfsup import progress
 from selfsup.atomic import atomic_write
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders.base import Encoder, feature_shapes
@@ -122,6 +123,7 @@ def extract_features(
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
     dtype: torch.dtype = torch.float16,
+    description: str | None = None,
 ) -> FeatureSet:
     """Pooled features of every image of a labeled split, with the encoder frozen in eval mode.
 
@@ -135,6 +137,7 @@ def extract_features(
         device: where the encoder runs.
         batch_size: images per forward pass (default: the datamodule's).
         dtype: storage type of the returned features.
+        description: what the progress display calls this extraction (default ``features: <split>``).
     """
     device = torch.device(device)
     encoder.to(device)
@@ -143,8 +146,11 @@ def extract_features(
     indices: list[Tensor] = []
     prefix = getattr(encoder, "num_prefix_tokens", 1)
     token_pool = resolve_token_pool(encoder, token_pool)
-    with evaluating(encoder):
-        for batch in datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size):
+    loader = datamodule.labeled_dataloader(split, augment=False, batch_size=batch_size)
+    description = description or f"features: {split}"
+    with evaluating(encoder), progress.task(description, len(loader), "batches") as advance:
+        for batch in loader:
+            advance()
             if batch["image"].shape[0] == 0:
                 continue
             batch = datamodule.to_device(batch, device)
@@ -236,6 +242,7 @@ def cached_features(
     grids: Mapping[str, int] | int = 1,
     token_pool: str | None = None,
     device: torch.device | str = "cpu",
+    name: str | None = None,
 ) -> tuple[FeatureSet, bool]:
     """Features from the cache where present; the missing layers extracted in one pass and stored.
 
@@ -243,6 +250,7 @@ def cached_features(
         encoder_id: identifies the encoder's weights (the export's sha256); a changed encoder gets
             new keys, so stale features are never reused. The images (the source's fingerprint) and
             the preprocessing are part of every key too.
+        name: the encoder's label in progress lines (default: the start of ``encoder_id``).
 
     Returns:
         The features, and whether every layer came from the cache.
@@ -270,7 +278,10 @@ def cached_features(
     labels: Tensor | None = None
     indices: Tensor | None = None
     if missing:
-        extracted = extract_features(encoder, datamodule, split, missing, grids, token_pool, device)
+        description = f"features: {name or encoder_id[:12]} / {split}"
+        extracted = extract_features(
+            encoder, datamodule, split, missing, grids, token_pool, device, description=description
+        )
         labels, indices = extracted.labels, extracted.indices
         for layer in missing:
             features[layer] = extracted.features[layer]

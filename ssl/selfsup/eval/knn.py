@@ -13,7 +13,7 @@ features per rank (a data-parallel extraction, an online monitor) gathers them f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -83,6 +83,7 @@ def knn_classify(
     temperature: float = 0.07,
     query_chunk: int = 1024,
     key_chunk: int = 8192,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> dict[int, Tensor]:
     """Temperature-weighted kNN predictions for each k.
 
@@ -95,6 +96,7 @@ def knn_classify(
         temperature: similarity temperature of the vote weights.
         query_chunk: test rows per similarity block.
         key_chunk: training rows per similarity block.
+        on_chunk: called with the number of test rows classified after each block (progress).
 
     Returns:
         k -> (M,) predicted class indices.
@@ -115,6 +117,8 @@ def knn_classify(
             scores = weights.new_zeros(weights.shape[0], num_classes)
             scores.scatter_add_(1, neighbour_labels[:, :used], weights[:, :used])
             predictions[k].append(scores.argmax(dim=1))
+        if on_chunk is not None:
+            on_chunk(weights.shape[0])
     return {k: torch.cat(chunks) for k, chunks in predictions.items()}
 
 
@@ -126,8 +130,11 @@ def knn_accuracy(
     num_classes: int,
     ks: Sequence[int] = (20, 200),
     temperature: float = 0.07,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> dict[int, float]:
-    """Top-1 accuracy in percent of :func:`knn_classify` for each k."""
-    predictions = knn_classify(train_features, train_labels, test_features, num_classes, ks, temperature)
+    """Top-1 accuracy in percent of :func:`knn_classify` for each k (``on_chunk``: as there)."""
+    predictions = knn_classify(
+        train_features, train_labels, test_features, num_classes, ks, temperature, on_chunk=on_chunk
+    )
     labels = test_labels.to(next(iter(predictions.values())).device)
     return {k: 100.0 * (pred == labels).float().mean().item() for k, pred in predictions.items()}

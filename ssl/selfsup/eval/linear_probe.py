@@ -8,7 +8,7 @@ together in one pass over the data (the multi-layer protocol of Goyal et al. 201
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,7 @@ def fit_linear_probes(
     seed: int = 0,
     device: torch.device | str = "cpu",
     optimizer: str = "adamw",
+    on_epoch: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train one probe per layer of ``train`` with a cosine schedule; test top-1 per layer.
 
@@ -118,6 +119,7 @@ def fit_linear_probes(
         seed: initialization and batch order.
         device: where to train.
         optimizer: ``adamw`` or ``sgd`` (:func:`probe_optimizer`).
+        on_epoch: called after each epoch (progress reporting).
 
     Returns:
         layer -> test top-1 accuracy in percent.
@@ -144,4 +146,6 @@ def fit_linear_probes(
             loss.backward()
             opt.step()
             scheduler.step()
+        if on_epoch is not None:
+            on_epoch()
     return top1_per_layer(probe, test, device=device)

@@ -45,6 +45,7 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
         cfg.token_pool,
         resolve_device(cfg.device),
         dtype=torch.float32,
+        description=f"features: {path} / {split}",
     )
     source = datamodule.source(split)
     assert features.indices is not None

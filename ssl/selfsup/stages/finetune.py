@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger
 
+from selfsup import progress
 from selfsup.config import FINETUNE as KEY
 from selfsup.config import build, check_finetune_config, check_finetune_exports, require_encoders, select
 from selfsup.data.datamodule import ImageDataModule
@@ -73,16 +74,21 @@ def finetune_encoders(
     labels = source_labels(train_source)
     make_model = _model_factory(cfg, len(classes), head_lr, encoder_lr)
     results: dict[str, EncoderFinetune] = {}
+    seeds = [int(seed) for seed in cfg.seeds]
     for label, path in encoders.items():
         started = time.perf_counter()
         runs = []
-        for seed in map(int, cfg.seeds):
+        for seed in seeds:
             pl.seed_everything(seed, workers=True, verbose=False)  # before the head is initialized
             model = make_model(export.load(path))
             splits = LabeledSplits(
                 datamodule, stratified_fraction(labels, cfg.label_fraction, seed), batch_size
             )
-            runs.append(_fit_and_test(model, splits, cfg, run_dir.finetune_logs(label, seed)))
+            # Lightning draws its own bar per run when progress_bar is on: then lines, not a second bar.
+            with progress.task(
+                f"fine-tuning: {label} / seed {seed}", None, bar=False if cfg.progress_bar else None
+            ):
+                runs.append(_fit_and_test(model, splits, cfg, run_dir.finetune_logs(label, seed)))
         first = runs[0]
         results[label] = EncoderFinetune(
             top1=SeedStats.of([run["top1"] for run in runs]),

@@ -15,6 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from selfsup import progress
 from selfsup.config import check_eval_config, require_encoders
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders import export
@@ -90,24 +91,27 @@ def evaluate_frozen(
         started = time.perf_counter()
         if wanted:
             assert feature_cfg is not None
-            features[label] = _features(encoder, path, datamodule, wanted, grids, feature_cfg, cache)
+            features[label] = _features(encoder, label, path, datamodule, wanted, grids, feature_cfg, cache)
             timing[f"{label}_features_s"] = round(time.perf_counter() - started, 2)
         if probe_cfg is not None:
             started = time.perf_counter()
             if augmented:
-                probes[label] = _augmented_probe(encoder, datamodule, layers, grids, num_classes, probe_cfg)
+                probes[label] = _augmented_probe(
+                    encoder, label, datamodule, layers, grids, num_classes, probe_cfg
+                )
             else:
                 train, test = features[label]
-                probes[label] = _probe(train, test, layers, grids, num_classes, probe_cfg)
+                probes[label] = _probe(label, train, test, layers, grids, num_classes, probe_cfg)
             timing[f"{label}_probes_s"] = round(time.perf_counter() - started, 2)
         if knn_cfg is not None:
             started = time.perf_counter()
             train, test = features[label]
             layer = knn_cfg.layer
-            accuracy = knn_accuracy(
-                train.features[layer], train.labels, test.features[layer], test.labels, num_classes,
-                list(knn_cfg.ks), float(knn_cfg.temperature),
-            )  # fmt: skip
+            with progress.task(f"kNN: {label} / {layer}", len(test), "test images") as advance:
+                accuracy = knn_accuracy(
+                    train.features[layer], train.labels, test.features[layer], test.labels, num_classes,
+                    list(knn_cfg.ks), float(knn_cfg.temperature), on_chunk=advance,
+                )  # fmt: skip
             knn_scores[label] = {int(k): round(a, 2) for k, a in accuracy.items()}
             timing[f"{label}_knn_s"] = round(time.perf_counter() - started, 2)
     results = FrozenEval(
@@ -129,6 +133,7 @@ def evaluate_frozen(
 
 def _features(
     encoder: Encoder,
+    label: str,
     path: str | Path,
     datamodule: ImageDataModule,
     layers: list[str],
@@ -147,7 +152,7 @@ def _features(
     for split in ("train", "test"):
         try:
             features, hit = cached_features(
-                cache, encoder, weights_id, datamodule, split, layers, grids, token_pool, device
+                cache, encoder, weights_id, datamodule, split, layers, grids, token_pool, device, label
             )
         except RuntimeError as e:  # eval.features refuses NaN/inf features with a RuntimeError
             if "non-finite" not in str(e):
@@ -160,6 +165,7 @@ def _features(
 
 
 def _probe(
+    label: str,
     train: FeatureSet,
     test: FeatureSet,
     layers: list[str],
@@ -171,19 +177,24 @@ def _probe(
     train_layers = FeatureSet({layer: train.features[layer] for layer in layers}, train.labels)
     device = resolve_device(probe_cfg.device)
 
+    epochs = int(probe_cfg.epochs)
+    what = f"{len(layers)} layers" if len(layers) > 1 else layers[0]
+
     def one_seed(seed: int) -> dict[str, float]:
-        return fit_linear_probes(
-            train_layers,
-            test,
-            num_classes,
-            epochs=int(probe_cfg.epochs),
-            batch_size=int(probe_cfg.batch_size),
-            lr=float(probe_cfg.lr),
-            weight_decay=float(probe_cfg.weight_decay),
-            optimizer=str(probe_cfg.optimizer),
-            seed=seed,
-            device=device,
-        )
+        with progress.task(f"probes: {label} / {what} / seed {seed}", epochs, "epochs") as advance:
+            return fit_linear_probes(
+                train_layers,
+                test,
+                num_classes,
+                epochs=epochs,
+                batch_size=int(probe_cfg.batch_size),
+                lr=float(probe_cfg.lr),
+                weight_decay=float(probe_cfg.weight_decay),
+                optimizer=str(probe_cfg.optimizer),
+                seed=seed,
+                device=device,
+                on_epoch=advance,
+            )
 
     runs = [one_seed(int(seed)) for seed in probe_cfg.seeds]
     return EncoderProbe(
@@ -198,6 +209,7 @@ def _probe(
 
 def _augmented_probe(
     encoder: Encoder,
+    label: str,
     datamodule: ImageDataModule,
     layers: list[str],
     grids: dict[str, int],
@@ -208,38 +220,58 @@ def _augmented_probe(
     token_pool = resolve_token_pool(encoder, probe_cfg.token_pool)
     dims = dims_of(encoder, datamodule.image_size, layers, grids, token_pool)
     runs = []
-    for seed in probe_cfg.seeds:
-        pl.seed_everything(int(seed), workers=True, verbose=False)
-        model = AugmentedProbe(
-            encoder,
-            dims,
-            grids,
-            num_classes,
-            token_pool,
-            float(probe_cfg.lr),
-            float(probe_cfg.weight_decay),
-            datamodule.prepare_batch,
-            str(probe_cfg.optimizer),
-        )
-        device = resolve_device(probe_cfg.device)
-        trainer = pl.Trainer(
-            accelerator=device.type, devices=1, max_epochs=int(probe_cfg.epochs), logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
-        trainer.fit(
-            model,
-            train_dataloaders=datamodule.labeled_dataloader(
-                "train", augment=True, batch_size=int(probe_cfg.batch_size)
-            ),
-        )
-        scores = trainer.test(model, dataloaders=datamodule.labeled_dataloader("test"), verbose=False)[0]
-        runs.append({layer: float(scores[f"top1/{layer}"]) for layer in layers})
+    seeds = list(probe_cfg.seeds)
+    with progress.task(f"probes (augmented): {label}", len(seeds), "seeds") as advance:
+        for seed in seeds:
+            runs.append(
+                _augmented_run(encoder, datamodule, layers, dims, grids, num_classes, probe_cfg, seed)
+            )
+            advance()
     return EncoderProbe(
         {
             layer: LayerResult(SeedStats.of([run[layer] for run in runs]), dims[layer], grids[layer])
             for layer in layers
         }
     )
+
+
+def _augmented_run(
+    encoder: Encoder,
+    datamodule: ImageDataModule,
+    layers: list[str],
+    dims: dict[str, int],
+    grids: dict[str, int],
+    num_classes: int,
+    probe_cfg: DictConfig,
+    seed: int,
+) -> dict[str, float]:
+    """One seed's augmented probe: top-1 per layer."""
+    token_pool = resolve_token_pool(encoder, probe_cfg.token_pool)
+    pl.seed_everything(int(seed), workers=True, verbose=False)
+    model = AugmentedProbe(
+        encoder,
+        dims,
+        grids,
+        num_classes,
+        token_pool,
+        float(probe_cfg.lr),
+        float(probe_cfg.weight_decay),
+        datamodule.prepare_batch,
+        str(probe_cfg.optimizer),
+    )
+    device = resolve_device(probe_cfg.device)
+    trainer = pl.Trainer(
+        accelerator=device.type, devices=1, max_epochs=int(probe_cfg.epochs), logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(
+        model,
+        train_dataloaders=datamodule.labeled_dataloader(
+            "train", augment=True, batch_size=int(probe_cfg.batch_size)
+        ),
+    )
+    scores = trainer.test(model, dataloaders=datamodule.labeled_dataloader("test"), verbose=False)[0]
+    return {layer: float(scores[f"top1/{layer}"]) for layer in layers}
 
 
 def probe(cfg: DictConfig) -> dict[str, Any]:
