@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,11 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from selfsup.config import check_complete
+from selfsup.config import auto_num_workers, check_complete, check_data
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
+from selfsup.stages import components
 from selfsup.stages.components import build_datamodule, build_encoder, build_task
 from selfsup.stages.pretrain import pretrain
 from selfsup.tasks.base import PretextTask
@@ -67,7 +69,7 @@ def test_every_data_option_builds(make_cfg, tmp_path: Path, name: str) -> None:
     cfg = make_cfg(
         [f"data={name}", f"data.path={folder}"] if name in ("folder", "imagefolder") else [f"data={name}"]
     )
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, num_workers=0)  # build_datamodule resolves num_workers=auto
     assert isinstance(datamodule, ImageDataModule)
     if name in ("cifar10", "cifar100", "stl10"):  # not on this machine: a clear error, nothing downloaded
         with pytest.raises(ConfigError, match=r"not found under .*download=true"):
@@ -258,3 +260,36 @@ def test_require_number_and_check_exports_name_the_key(make_cfg, tmp_path: Path)
         check_exports({"layers": tmp_path})
     with pytest.raises(ConfigError, match=r"'encoder_path': no exported encoder"):
         check_exports({"encoder_path": tmp_path}, prefix="")
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 0), (3, 2), (4, 3), (9, 8), (64, 8)])
+def test_auto_num_workers_leaves_a_core_and_is_capped(cores: int, workers: int) -> None:
+    assert auto_num_workers(cores) == workers
+
+
+def test_num_workers_auto_is_the_default_and_resolved_where_the_datamodule_is_built(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _image_folder(tmp_path / "images")
+    cfg = make_cfg(["data=folder", f"data.path={folder}"])
+    assert cfg.data.num_workers == "auto", "the base loader settings default to the machine's cores"
+    monkeypatch.setattr(components, "usable_cores", lambda: 5)
+    monkeypatch.setattr(components, "_logged_workers", set())
+    caplog.set_level(logging.INFO, logger="selfsup.stages.components")
+    assert build_datamodule(cfg, ["pretrain"]).num_workers == 4
+    assert build_datamodule(cfg, ["pretrain"]).num_workers == 4
+    lines = [r.getMessage() for r in caplog.records if "num_workers=auto" in r.getMessage()]
+    assert lines == ["data.num_workers=auto: 4 decoding workers (5 usable cores)"], "logged once"
+    explicit = make_cfg(["data=folder", f"data.path={folder}", "data.num_workers=0"])
+    assert build_datamodule(explicit, ["pretrain"]).num_workers == 0
+
+
+@pytest.mark.parametrize("value", ["many", -1, 1.5])
+def test_num_workers_is_a_count_or_auto(make_cfg, value: object) -> None:
+    with pytest.raises(ConfigError, match=r"data\.num_workers"):
+        check_data(make_cfg([f"data.num_workers={value}"]))
+
+
+def test_the_embedded_data_keeps_decoding_in_the_main_process(make_cfg) -> None:
+    assert make_cfg(["data=embedded"]).data.num_workers == 0
+    assert make_cfg(["data=synthetic"]).data.num_workers == 0

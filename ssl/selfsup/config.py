@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 FINETUNE = "eval.finetune"
 
+AUTO_WORKERS_CAP = 8
+"""``data.num_workers=auto`` starts at most this many decoding processes."""
+
 
 def select(cfg: DictConfig, key: str) -> Any:
     """The value at a dotted key, resolving interpolations; a missing mandatory value (???) is an error."""
@@ -92,13 +95,34 @@ def check_data(cfg: DictConfig, key: str = "data") -> None:
     """Value checks on a data config (``cfg.data`` or another one, e.g. ``cfg.downstream``)."""
     require_positive_int(cfg, f"{key}.batch_size")
     require_positive_int(cfg, f"{key}.image_size")
-    require_positive_int(cfg, f"{key}.num_workers", allow_zero=True)
+    workers = select(cfg, f"{key}.num_workers")
+    if workers != "auto":
+        require_positive_int(cfg, f"{key}.num_workers", allow_zero=True)
     require_choice(cfg, f"{key}.on_bad_image", ("skip", "error"))
     check_data_path(cfg, key)
     for name in (f"{key}.crop_scale", f"{key}.crop_ratio"):
         low, high = select(cfg, name)
         if not 0 < low <= high:
             raise ConfigError(name, f"must be [low, high] with 0 < low <= high, got [{low}, {high}]")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a SLURM or container limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_num_workers(cores: int | None = None) -> int:
+    """``data.num_workers=auto``: ``min(cores - 1, AUTO_WORKERS_CAP)``, one core left to training.
+
+    With a single worker to spare (2 cores or fewer) it is 0: on 2 cores one worker competes with the
+    training threads and measured no faster than decoding in the main process (benchmarks/README.md,
+    "RotNet: framework overhead"), and 0 starts no processes at all.
+    """
+    workers = min((usable_cores() if cores is None else cores) - 1, AUTO_WORKERS_CAP)
+    return workers if workers >= 2 else 0
 
 
 def check_data_path(cfg: DictConfig, key: str = "data") -> None:

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from selfsup.config import build, check_data, select
+from selfsup.config import auto_num_workers, build, check_data, select, usable_cores
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError, DataError
@@ -46,7 +46,7 @@ def build_datamodule(cfg: DictConfig, splits: Sequence[str], key: str = "data") 
     ``key`` is ``data`` for the pretraining data, or ``downstream`` for another labeled set to evaluate on.
     """
     check_data(cfg, key)
-    datamodule = build(key, cfg[key])
+    datamodule = build(key, cfg[key], num_workers=resolve_num_workers(select(cfg, f"{key}.num_workers")))
     for split in splits:
         if not datamodule.has(split):
             raise ConfigError(
@@ -57,6 +57,24 @@ def build_datamodule(cfg: DictConfig, splits: Sequence[str], key: str = "data") 
         except DataError as e:
             raise ConfigError(f"{key}.{split}", str(e)) from None
     return datamodule
+
+
+_logged_workers: set[int] = set()
+
+
+def resolve_num_workers(value: int | str) -> int:
+    """``data.num_workers``: a number as given, or ``auto`` for :func:`selfsup.config.auto_num_workers`.
+
+    What ``auto`` chose is logged once per process.
+    """
+    if value != "auto":
+        return int(value)
+    cores = usable_cores()
+    workers = auto_num_workers(cores)
+    if workers not in _logged_workers:
+        _logged_workers.add(workers)
+        log.info("data.num_workers=auto: %d decoding workers (%d usable cores)", workers, cores)
+    return workers
 
 
 def build_task(cfg: DictConfig, encoder: Encoder) -> PretextTask:
