@@ -39,7 +39,10 @@ def pretrain(
     ``run_dir`` sets ``hydra.run.dir`` (None leaves Hydra's default, or a sweep's); caches go under ``folder``.
     ``launcher_args`` come between a launcher ``command`` (``torchrun``) and the selfsup command it starts.
     """
-    args = [str(BIN / command), *launcher_args, *QUIET, f"paths.cache_dir={folder / 'cache'}", *overrides]
+    # Flags (-m) go first: Hydra's argparse takes no flag between its positional overrides.
+    flags = [o for o in overrides if o.startswith("-")]
+    rest = [o for o in overrides if not o.startswith("-")]
+    args = [str(BIN / command), *launcher_args, *flags, *QUIET, f"paths.cache_dir={folder / 'cache'}", *rest]
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")
     result = subprocess.run(

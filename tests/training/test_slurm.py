@@ -52,7 +52,7 @@ def test_slurm_launcher_follows_the_trainer_and_signals_lightning() -> None:
 def test_two_job_sweep_through_submitit_writes_both_runs_and_the_summary(tmp_path: Path) -> None:
     pretrain(tmp_path, ["-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_steps=2", "seed=0,1"])
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
-    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())  # job folders
     assert [p.name.split("_")[0] for p in runs] == ["0", "1"]
     for run in runs:
         assert (run / "encoder" / "encoder.safetensors").is_file() and (run / "metrics.json").is_file()
