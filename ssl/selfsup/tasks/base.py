@@ -4,10 +4,33 @@ A task subclasses :class:`PretextTask` and implements ``pretext_step``: turn a b
 base-augmented, normalized images into pretext inputs and targets on the device, run the encoder and
 its head, and return the loss with any metrics. Optimizer, schedule and logging live here, once.
 
-Every random pretext choice (rotation, mask, puzzle) is drawn from the samples' keys
-(:mod:`selfsup.training.randomness`), which the training loader puts in each batch: a sample gets the
-same targets on one process or many, and in a resumed run. Without keys (``pretext_step(images)``,
-as library users and tests call it) the keys are drawn from torch's global generator.
+The contract (README "Adding a pretext task"; ``tasks/template.py.txt`` is a task to copy):
+
+1. **Constructor.** ``__init__(self, encoder, <task settings>, optim=None, schedule=None)`` and
+   ``super().__init__(encoder, optim, schedule)``: the framework builds every task as
+   ``task(encoder=..., optim=..., schedule=...)`` with the yaml's values as the other arguments.
+2. **Heads are child modules** (``self.head = ...``, or an ``nn.ModuleList``/``nn.ModuleDict``):
+   :meth:`PretextTask.heads` returns every child but the encoder, and the optimizer trains exactly
+   those and the encoder. A tensor that must be saved but not trained is a buffer.
+3. **Refusals in** :meth:`PretextTask.check_input`: raise ``ValueError`` saying why a configuration
+   cannot work (image size, encoder family, patch grid); it runs before training and becomes a
+   config error naming ``data.image_size``. The constructor raises ``ValueError`` for bad settings.
+4. **Metrics.** ``pretext_step`` returns ``StepOutput(loss, {name: scalar})``; they are logged as
+   ``train/loss`` and ``train/<name>`` (an accuracy: ``<what>_acc`` in [0, 1], e.g. ``rotation_acc``).
+5. **Randomness.** Every random pretext choice (rotation, mask, puzzle) is drawn from the samples'
+   keys (:mod:`selfsup.training.randomness`: ``integers``/``uniform``/``bits`` with a *purpose*),
+   which the training loader puts in each batch: a sample gets the same targets on one process or
+   many, and in a resumed run. Without keys (``pretext_step(images)``, as library users and tests
+   call it) the keys are drawn from torch's global generator (``random_keys``). Use a purpose
+   constant of that module when the draw means the same, else a constant of the task's own above 100.
+   No ``torch.rand*`` on the batch.
+6. **The yaml owns every configured value.** ``conf/task/<name>.yaml`` sets ``_target_`` and every
+   constructor argument, each with a comment; a Python default that differs from the yaml fails
+   ``tests/test_defaults.py``.
+7. **Batched, on the device.** Pretext inputs are made from the whole batch at once (no loop over
+   images); inputs go through :meth:`PretextTask.encode` (memory format).
+
+Nothing central is edited for a new task: the every-task tests build and train it from its yaml.
 """
 
 from __future__ import annotations
@@ -38,6 +61,10 @@ class StepOutput:
 
 class PretextTask(pl.LightningModule):
     """Base of pretext tasks: owns an encoder and a head, trains them on a pretext loss.
+
+    A subclass passes ``encoder``, ``optim`` and ``schedule`` on to this constructor, keeps its heads
+    as child modules, implements :meth:`pretext_step` with every random draw from the samples' keys,
+    and refuses what it cannot train in :meth:`check_input` (the module docstring lists every rule).
 
     Args:
         encoder: the encoder being pretrained; exported at the end.
