@@ -54,6 +54,9 @@ def _entry(config_name: str, stage: Callable[[DictConfig], Any]) -> Callable[[],
             print(f"error: job failed, the sweep goes on: {type(e).__name__}: {e}", file=sys.stderr)
 
     def main() -> None:
+        from selfsup.logs import silence_third_party_notices
+
+        silence_third_party_notices()  # once, before Hydra, Lightning or torchvision speak
         hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(task_function)()
 
     main.__doc__ = f"Run the '{config_name}' config ({stage.__module__}.{stage.__name__})."

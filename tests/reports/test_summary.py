@@ -52,10 +52,10 @@ def test_summary_of_a_finetune_sweep(tmp_path: Path) -> None:
         assert f"| {pretrained:.2f} | 0.00 | {random_init:.2f} | 0.00 |" in text
     csv_rows = (tmp_path / "summary.csv").read_text().splitlines()
     assert csv_rows[0] == (
-        "run,freeze_until,label_fraction,finetune_pretrained,finetune_pretrained_std,"
+        "run,settings,freeze_until,label_fraction,finetune_pretrained,finetune_pretrained_std,"
         "finetune_random_init,finetune_random_init_std"
     )
-    assert csv_rows[1] == "1_job,,0.1,45.0,0.0,40.0,0.0"  # best first by finetune_pretrained
+    assert csv_rows[1] == "1_job,1_job,,0.1,45.0,0.0,40.0,0.0"  # best first by finetune_pretrained
     assert not list(tmp_path.glob(".*tmp-*")), "no temporary file is left behind"
     assert (tmp_path / "summary_figures" / "finetune_label_fraction.png").stat().st_size > 1000
 
@@ -82,3 +82,51 @@ def test_label_fraction_lines_do_not_join_different_tasks(tmp_path: Path, monkey
         "pretrained, frozen until nothing (jigsaw)": [(0.01, 42.0), (0.1, 43.0)],
         "pretrained, frozen until nothing (rotnet)": [(0.01, 40.0), (0.1, 41.0)],
     }
+
+
+def sweep_job(folder: Path, name: str, task: str, overrides: list[str], pretrain: dict) -> None:
+    """A job folder as a sweep leaves it: .hydra/hydra.yaml, .hydra/config.yaml and metrics.json."""
+    import yaml
+
+    (folder / name / ".hydra").mkdir(parents=True)
+    choices = {"task": task, "encoder": "resnet18", "data": "synthetic"}
+    hydra = {"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}
+    (folder / name / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    config = {"task": {"num_permutations": 100} if task == "jigsaw" else {}}
+    (folder / name / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / name / "metrics.json").write_text(json.dumps({"pretrain": pretrain}))
+
+
+def test_plot_labels_name_only_the_varying_settings(tmp_path: Path, monkeypatch) -> None:
+    from selfsup.reports import plots
+
+    shared = ["data=synthetic", "trainer.max_steps=2", "+probe.epochs=2"]
+    sweep_job(tmp_path, "0_rotnet", "rotnet", ["task=rotnet", *shared], {"loss": 0.5, "rotation_acc": 0.8})
+    sweep_job(tmp_path, "1_jigsaw", "jigsaw", ["task=jigsaw", *shared], {"loss": 4.1, "jigsaw_acc": 0.1})
+    drawn: dict = {}
+    real = plots.comparison
+    monkeypatch.setattr(
+        plots,
+        "comparison",
+        lambda labels, values, path, *a, **k: (
+            drawn.update(labels=labels, **k) or real(labels, values, path, *a, **k)
+        ),
+    )
+    summary = summarize(tmp_path)
+    assert sorted(drawn["labels"]) == ["task=jigsaw", "task=rotnet"]
+    assert sorted(drawn["chance"]) == [1.0, 25.0]  # Jigsaw: 1 / num_permutations; RotNet: 1 / 4
+    text = summary.read_text()
+    assert "| task=rotnet |" in text and "pretrain_loss` is each task's own loss" in text
+    assert "trainer.max_steps" not in text.split("## ")[0].split("|", 1)[1].split("\n\n")[0]
+    assert (tmp_path / "summary_figures" / "pretext_acc.png").stat().st_size > 1000
+
+
+def test_varying_labels_show_settings_missing_from_some_runs() -> None:
+    from selfsup.reports.summary import varying_labels
+
+    rows = [
+        {"run": "a", "task": "rotnet", "overrides": "task=rotnet optim.lr=0.001"},
+        {"run": "b", "task": "rotnet", "overrides": "task=rotnet"},
+    ]
+    assert varying_labels(rows) == ["optim.lr=0.001", "optim.lr=-"]
+    assert varying_labels([{"run": "a"}, {"run": "b"}]) == ["a", "b"]

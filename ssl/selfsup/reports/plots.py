@@ -141,7 +141,7 @@ def comparison(
         title: figure title.
         xlabel: what the bars measure, with its unit.
         errors: a spread per bar (e.g. the std over probe seeds), drawn as error bars and in the value.
-        chance: a chance level per bar (None where unknown), drawn as a dashed tick across the bar.
+        chance: a chance level per bar (None where unknown), drawn as a dashed line across the bar.
     """
     wrapped = [textwrap.fill(label, COMPARISON_WRAP) for label in labels]
     lines_per_bar = [w.count("\n") + 1 for w in wrapped]
@@ -158,9 +158,8 @@ def comparison(
     if chance is not None and any(c is not None for c in chance):
         for i, level in enumerate(chance):
             if level is not None:
-                ax.vlines(level, i - 0.4, i + 0.4, colors="black", linestyles="dashed", label="chance")
-        handles, names = ax.get_legend_handles_labels()
-        ax.legend(handles[:1], names[:1], loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+                ax.vlines(level, i - 0.4, i + 0.4, colors="black", linestyles="dashed")
+        xlabel += " (dashed: chance)"  # in the label, not a legend that would cover bars or the axis
     ax.set_yticks(y, wrapped, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max((v + e for v, e in zip(values, spread, strict=True)), default=1.0) * 1.3 or 1.0)

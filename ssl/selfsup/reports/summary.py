@@ -162,19 +162,26 @@ def summarize(sweep_dir: str | Path) -> Path | None:
     rows = [run_row(r) for r in runs]
     columns = list(dict.fromkeys(k for r in rows for k in r if k != "error"))
     columns += ["error"] if any("error" in r for r in rows) else []
+    # The page shows what varies between jobs (settings); summary.csv keeps every override.
+    shown = ["run", "settings", *(c for c in columns if c not in ("run", "overrides"))]
     sort_key = _sort_key(columns)
-    rows.sort(key=lambda r: -r[sort_key] if isinstance(r.get(sort_key), (int, float)) else float("inf"))
-    atomic_write_text(sweep_dir / SUMMARY_CSV, _csv_text(columns, rows))
+    if sort_key is not None:
+        rows.sort(key=lambda r: -r[sort_key] if isinstance(r.get(sort_key), (int, float)) else float("inf"))
+    order = f"best first by `{sort_key}`" if sort_key is not None else "in job order"
+    for row, label in zip(rows, varying_labels(rows), strict=True):
+        row["settings"] = label
+    extra = ["overrides"] if "overrides" in columns else []
+    atomic_write_text(sweep_dir / SUMMARY_CSV, _csv_text(shown + extra, rows))
     varying = [g for g in (*GROUPS, "overrides") if len({r.get(g) for r in rows}) > 1] or ["run"]
     figures = _figures(rows, columns, varying, sweep_dir / "summary_figures")
     failed = [r for r in rows if "error" in r]
     parts = [
         f"# Sweep summary: {sweep_dir}",
         "",
-        f"{len(rows)} runs ({len(failed)} failed), best first by `{sort_key}`. Accuracies are top-1 % on "
+        f"{len(rows)} runs ({len(failed)} failed), {order}. Accuracies are top-1 % on "
         "each run's test split; `*_std` is the spread over probe seeds.",
         "",
-        markdown_table(columns, [[r.get(c, "") for c in columns] for r in rows]),
+        markdown_table(shown, [[r.get(c, "") for c in shown] for r in rows]),
         "",
     ]
     if IMAGES_PER_S in columns:
@@ -196,7 +203,7 @@ def summarize(sweep_dir: str | Path) -> Path | None:
         parts += ["## Failed jobs", ""]
         for r in failed:
             error = RunDir.open(sweep_dir / str(r["run"])).read_metrics().get("error", {})
-            parts += [f"- `{r['run']}` ({r.get('overrides') or 'no overrides'}): {r['error']}"]
+            parts += [f"- `{r['run']}` ({r['settings']}): {error.get('type')}: {error.get('message')}"]
             parts += ["", "  ```", *(f"  {line}" for line in error.get("traceback", [])), "  ```", ""]
     for name, path in figures.items():
         parts += [f"## {name}", "", f"![{name}]({path.relative_to(sweep_dir)})", ""]
@@ -205,11 +212,11 @@ def summarize(sweep_dir: str | Path) -> Path | None:
     return out
 
 
-def _sort_key(columns: list[str]) -> str:
-    """The column runs are ranked by: the best probe, else kNN, else fine-tuning, else the last column."""
-    ranked = [c for c in columns if c.startswith(("probe_best", "knn_top1", "finetune_"))]
+def _sort_key(columns: list[str]) -> str | None:
+    """The column runs are ranked by: the best probe, else kNN, fine-tuning, pretext accuracy; else None."""
+    ranked = [c for c in columns if c.startswith(("probe_best", "knn_top1", "finetune_", "pretext_acc"))]
     ranked = [c for c in ranked if not c.endswith(("_std", "_layer"))]
-    return ranked[0] if ranked else columns[-1]
+    return ranked[0] if ranked else None
 
 
 def varying_labels(rows: list[dict[str, Any]]) -> list[str]:

@@ -112,6 +112,9 @@ def check_jobs(config: DictConfig) -> None:
         return
     check = STAGE_CHECKS.get(str(config.hydra.job.config_name))
     jobs = job_overrides(config)
+    shared = (
+        set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
+    )  # name jobs by the rest
     saved = HydraConfig.instance().cfg
     try:
         for num, overrides in enumerate(jobs):
@@ -128,7 +131,8 @@ def check_jobs(config: DictConfig) -> None:
                 if check is not None:
                     check(task_cfg)
             except SelfsupError as e:
-                raise SelfsupError(f"job #{num} ({' '.join(overrides) or 'no overrides'}): {e}") from None
+                swept = " ".join(o for o in overrides if o not in shared) or "no swept settings"
+                raise SelfsupError(f"job #{num} ({swept}): {e}") from None
     finally:
         HydraConfig.instance().cfg = saved
     log.info("checked the configs of all %d jobs of the sweep", len(jobs))

@@ -1,0 +1,83 @@
+"""``-m`` sweeps: every job checked before the first trains, a failed job never sinks the sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from selfsup import cli
+from selfsup.stages import sweep
+from tests.conftest import FAST
+
+BIN = Path(sys.executable).parent
+
+
+def run_sweep(folder: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
+    """``selfsup-pretrain -m`` with the fast settings, its sweep under ``folder/sweep``."""
+    args = [
+        str(BIN / "selfsup-pretrain"),
+        "-m",
+        *FAST,
+        "trainer.accelerator=cpu",
+        f"paths.cache_dir={folder / 'cache'}",
+        f"hydra.sweep.dir={folder / 'sweep'}",
+        *overrides,
+    ]
+    return subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+
+
+def test_a_refused_job_stops_the_sweep_before_any_job_trains(tmp_path: Path) -> None:
+    result = run_sweep(tmp_path, ["optim.lr=1e-3,-1"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "job #1 (optim.lr=-1)" in errors[0] and "optim.lr" in errors[0]
+    assert not list((tmp_path / "sweep").rglob("encoder")), "no job trained"
+
+
+def test_a_job_failing_mid_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    # lr=1e30 passes the checks and makes the weights non-finite in training: NonFiniteError.
+    result = run_sweep(tmp_path, ["optim.lr=1e30,1e-3"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]_*"))
+    assert len(jobs) == 2
+    failed = json.loads((jobs[0] / "metrics.json").read_text())
+    assert failed["error"]["type"] == "NonFiniteError" and failed["error"]["traceback"]
+    assert (jobs[1] / "encoder").is_dir(), "the job after the failed one trained"
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "## Failed jobs" in summary and jobs[0].name in summary and "NonFiniteError" in summary
+    assert "1 job(s) of the sweep failed" in result.stderr
+
+
+def test_any_exception_in_a_sweep_job_is_recorded_not_raised(tmp_path: Path, monkeypatch) -> None:
+    def broken(cfg):
+        raise RuntimeError("a bug in the stage")
+
+    monkeypatch.setattr(sweep, "in_multirun", lambda: True)
+    cfg = OmegaConf.create({"paths": {"run_dir": str(tmp_path)}})
+    task_function = cli._entry("pretrain", broken).__closure__  # the wrapped task function
+    function = next(
+        c.cell_contents for c in task_function if callable(c.cell_contents) and c.cell_contents is not broken
+    )
+    function(cfg)  # returns: the sweep goes on
+    error = json.loads((tmp_path / "metrics.json").read_text())["error"]
+    assert error["type"] == "RuntimeError" and error["message"] == "a bug in the stage"
+    assert any("a bug in the stage" in line for line in error["traceback"])
+
+
+def test_a_single_run_still_raises_what_is_not_a_selfsup_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sweep, "in_multirun", lambda: False)
+    task = cli._entry("pretrain", lambda cfg: 1 / 0).__closure__
+    function = next(
+        c.cell_contents
+        for c in task
+        if callable(c.cell_contents) and c.cell_contents.__name__ == "task_function"
+    )
+    with pytest.raises(ZeroDivisionError):
+        function(OmegaConf.create({"paths": {"run_dir": str(tmp_path)}}))
