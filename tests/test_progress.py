@@ -24,13 +24,15 @@ def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "selfsup.progress"]
 
 
-def test_not_a_terminal_gets_a_line_every_tenth(caplog: pytest.LogCaptureFixture) -> None:
+def test_not_a_terminal_gets_a_line_every_tenth(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    clock = iter(range(1000))  # 0.6 s per call: a tenth takes 6 s, worth a line
+    monkeypatch.setattr(progress.time, "monotonic", lambda: 0.6 * next(clock))
     with progress.task("features: mine / train", total=100, unit="batches", stream=io.StringIO()) as advance:
         for _ in range(100):
             advance()
     lines = _lines(caplog)
     assert lines[0] == "features: mine / train: started (100 batches)"
-    assert lines[1].startswith("features: mine / train: 10% (10/100 batches), ")
+    assert lines[1].startswith("features: mine / train: 10% (10/100 batches), 6s, ~54s left")
     assert len(lines) == 1 + 9 + 1, lines  # start, 10 % ... 90 %, done
     assert lines[-1].startswith("features: mine / train: done in ")
 
@@ -46,6 +48,15 @@ def test_a_line_every_30_seconds_when_slow(caplog: pytest.LogCaptureFixture, mon
         "0% (1/1,000 im",
         "0% (3/1,000 im",
     ]
+
+
+def test_a_task_of_a_few_seconds_logs_start_and_end_only(caplog: pytest.LogCaptureFixture) -> None:
+    with progress.task(
+        "probes: mine / pooled / seed 0", total=30, unit="epochs", stream=io.StringIO()
+    ) as advance:
+        for _ in range(30):
+            advance()
+    assert [line.rsplit(": ", 1)[1][:4] for line in _lines(caplog)] == ["star", "done"]
 
 
 @pytest.mark.parametrize("total", [0, None])

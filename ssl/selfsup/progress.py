@@ -13,7 +13,7 @@ On a terminal the task is a row of a rich progress bar (the console library of L
 ``RichProgressBar``); tasks opened inside one another are rows of the same display, and a finished
 task leaves one summary line. Elsewhere (a log file, a pipe, a batch job) the task is logged by the
 ``selfsup.progress`` logger: a line when it starts, one each time another 10 % is done or 30 s have
-passed, and one when it ends. ``total`` may be 0 or None (unknown): then only the start and end lines.
+passed (never within 5 s of the previous line), and one when it ends. ``total`` may be 0 or None (unknown): then only the start and end lines.
 
 Only the process of global rank 0 reports progress, so that a DDP run prints each line once.
 """
@@ -37,7 +37,9 @@ Advance = Callable[..., None]
 LINE_FRACTION = 0.1
 """Non-terminal output: a line each time this fraction of the total is done ..."""
 LINE_SECONDS = 30.0
-"""... or this many seconds have passed since the last line."""
+"""... or this many seconds have passed since the last line ..."""
+LINE_MIN_SECONDS = 5.0
+"""... but never sooner than this after the last one: a task of a few seconds logs its start and end."""
 
 
 def interactive(stream: TextIO | None = None) -> bool:
@@ -117,8 +119,10 @@ class _LineTask:
         self.done += k
         now = time.monotonic()
         step = math.floor(self.done / self.total / LINE_FRACTION) if self.total else 0
-        new_step = step > self.last_step and self.done < (self.total or math.inf)
-        if new_step or now - self.last_line >= LINE_SECONDS:
+        if self.total and self.done >= self.total:
+            return  # the end line follows
+        since = now - self.last_line
+        if (step > self.last_step and since >= LINE_MIN_SECONDS) or since >= LINE_SECONDS:
             self.last_step, self.last_line = max(step, self.last_step), now
             log.info("%s: %s", self.description, self._state(now))
 
