@@ -1,7 +1,7 @@
 """Every task in conf/task trains for a few steps and exports an encoder that reloads.
 
 A new task is tested here the moment its yaml exists. Each task is tried with a small ResNet and a
-small ViT on 64 px generated images. The pairs a task refuses are declared in ``REFUSALS``, with the
+small ViT and the Network-in-Network on 64 px generated images. The pairs a task refuses are declared in ``REFUSALS``, with the
 config key and the reason the refusal must give; any other refusal fails, and so does a declared
 refusal that does not happen. Every trainable parameter of every task gets a finite gradient.
 """
@@ -22,6 +22,7 @@ from tests.conftest import FAST, options
 ENCODERS = {
     "resnet": ["encoder=resnet18", "encoder.cifar_stem=true"],
     "vit": ["encoder=vit_tiny", "encoder.patch_size=8", "encoder.depth=2"],
+    "nin": ["encoder=nin"],
 }
 IMAGE_SIZE = 64
 
@@ -30,6 +31,7 @@ REFUSALS = {
     # 64 px images give 21 px cells and 17 px tiles, not a multiple of the ViT's 8 px patches.
     ("jigsaw", "vit"): ("data.image_size", "Jigsaw tiles"),
     ("mae", "resnet"): ("task", "needs a ViT encoder"),
+    ("mae", "nin"): ("task", "needs a ViT encoder"),
 }
 CASES = [(task, kind) for task in options("task") for kind in ENCODERS]
 WORKING = [case for case in CASES if case not in REFUSALS]
