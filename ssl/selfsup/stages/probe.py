@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,12 +265,11 @@ def _augmented_run(
         accelerator=device.type, devices=1, max_epochs=int(probe_cfg.epochs), logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(
-        model,
-        train_dataloaders=datamodule.labeled_dataloader(
-            "train", augment=True, batch_size=int(probe_cfg.batch_size)
-        ),
-    )
+    train = datamodule.labeled_dataloader("train", augment=True, batch_size=int(probe_cfg.batch_size))
+    with warnings.catch_warnings():
+        # The frozen encoder is in eval mode on purpose (its BatchNorm statistics must not move).
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        trainer.fit(model, train_dataloaders=train)
     scores = trainer.test(model, dataloaders=datamodule.labeled_dataloader("test"), verbose=False)[0]
     return {layer: float(scores[f"top1/{layer}"]) for layer in layers}
 
