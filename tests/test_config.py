@@ -293,3 +293,17 @@ def test_num_workers_is_a_count_or_auto(make_cfg, value: object) -> None:
 def test_the_embedded_data_keeps_decoding_in_the_main_process(make_cfg) -> None:
     assert make_cfg(["data=embedded"]).data.num_workers == 0
     assert make_cfg(["data=synthetic"]).data.num_workers == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.crop=center", r"'data.crop': must be one of \['random_resized', 'padded'\]"),
+        ("data.crop_padding=-1", r"'data.crop_padding': must be a non-negative integer"),
+    ],
+)
+def test_a_bad_crop_is_refused_before_anything_runs(make_cfg, override: str, message: str) -> None:
+    from selfsup.config import check_data
+
+    with pytest.raises(ConfigError, match=message):
+        check_data(make_cfg([override]))

@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from selfsup.data.transforms import CROPS
 from selfsup.errors import ConfigError, SelfsupError
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ def check_data(cfg: DictConfig, key: str = "data") -> None:
     if workers != "auto":
         require_positive_int(cfg, f"{key}.num_workers", allow_zero=True)
     require_choice(cfg, f"{key}.on_bad_image", ("skip", "error"))
+    require_choice(cfg, f"{key}.crop", CROPS)
+    require_positive_int(cfg, f"{key}.crop_padding", allow_zero=True)
     check_data_path(cfg, key)
     for name in (f"{key}.crop_scale", f"{key}.crop_ratio"):
         low, high = select(cfg, name)
