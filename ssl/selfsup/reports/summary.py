@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from selfsup.atomic import atomic_write_text
 from selfsup.eval.results import FinetuneResults, KnnResults, ProbeResults
@@ -79,7 +79,8 @@ def _task_config(run: RunDir) -> dict[str, Any]:
     config_file = run.hydra_dir / "config.yaml"
     if not config_file.is_file():
         return {}
-    task = OmegaConf.load(config_file).get("task")
+    recorded = OmegaConf.load(config_file)
+    task = recorded.get("task") if isinstance(recorded, DictConfig) else None
     return dict(OmegaConf.to_container(task, resolve=False)) if task is not None else {}  # type: ignore[arg-type]
 
 
@@ -309,7 +310,9 @@ def _bars(rows: list[dict[str, Any]], metric: str, folder: Path, chance: str | N
         folder / f"{metric}.png",
         title,
         xlabel if all(isinstance(s, (int, float)) for s in std) else xlabel.split(", ±")[0],
-        errors=[float(s) for s in std] if all(isinstance(s, (int, float)) for s in std) else None,
+        errors=[float(s) for s in std if isinstance(s, (int, float))]
+        if all(isinstance(s, (int, float)) for s in std)
+        else None,
         chance=[r.get(chance) for r in have] if chance is not None else None,
     )
 
