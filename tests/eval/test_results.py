@@ -87,6 +87,7 @@ def test_comparison_is_computed_once_and_round_trips() -> None:
         "probe_stage3": 60.5,
         "gain_stage3": 20.0,
         "probe_best": 60.5,
+        "probe_best_std": 0.71,  # the seed spread, for the summary's error bars
         "probe_best_layer": "stage3",
     }
 
@@ -131,4 +132,5 @@ def test_finetune_labels_that_are_setting_names_survive_a_round_trip() -> None:
         "freeze_until": "stem",
         "label_fraction": 0.25,
         **{f"finetune_{label}": 42.0 for label in labels},
+        **{f"finetune_{label}_std": 1.41 for label in labels},
     }

@@ -246,7 +246,7 @@ def test_multirun_gives_one_directory_per_job(tmp_path: Path) -> None:
         "logger=csv", f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*") if p.is_dir())
+    jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*") if p.is_dir() and p.name[0].isdigit())
     assert jobs == ["0_rotnet_resnet18", "1_rotnet_resnet50"]
     for job in (tmp_path / "multirun").glob("*/*_rotnet_*"):
         assert (job / "encoder" / "encoder.safetensors").is_file()
