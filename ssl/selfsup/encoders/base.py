@@ -75,6 +75,28 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError
 
+    def chained_features(
+        self, images: Tensor, layers: Sequence[str], stages: Sequence[tuple[str, nn.Module]], pool: nn.Module
+    ) -> dict[str, Tensor]:
+        """``forward_features`` of an encoder that is a chain of stages (a ResNet, the NIN).
+
+        Runs ``stages`` (name, module) in order and stops after the deepest requested one; ``pooled``
+        is ``pool`` of the last stage's output, flattened to (B, out_dim).
+        """
+        self.check_layers(layers)
+        wanted = set(layers)
+        out: dict[str, Tensor] = {}
+        x = images
+        for name, stage in stages:
+            if wanted.issubset(out):
+                break
+            x = stage(x)
+            if name in wanted:
+                out[name] = x
+        if "pooled" in wanted:
+            out["pooled"] = pool(x).flatten(1)
+        return {name: out[name] for name in layers}
+
     def layer_token_pool(self, layer: str, token_pool: str) -> str:
         """How the tokens of ``layer`` are pooled for a probe that asked for ``token_pool``.
 

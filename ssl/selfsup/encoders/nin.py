@@ -104,19 +104,9 @@ class NINEncoder(Encoder):
         self, images: Tensor, layers: Sequence[str], token_pool: str | None = None
     ) -> dict[str, Tensor]:
         """See :meth:`Encoder.forward_features`; ``token_pool`` does not apply (no tokens)."""
-        self.check_layers(layers)
-        wanted = set(layers)
-        out: dict[str, Tensor] = {}
-        x = images
-        for name, block in zip(self.stage_names, self.blocks, strict=True):
-            if wanted.issubset(out):
-                break
-            x = block(x)
-            if name in wanted:
-                out[name] = x
-        if "pooled" in wanted:
-            out["pooled"] = self.pool(x).flatten(1)
-        return {name: out[name] for name in layers}
+        return self.chained_features(
+            images, layers, list(zip(self.stage_names, self.blocks, strict=True)), self.pool
+        )
 
     def stage_modules(self) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
         return [(name, [block]) for name, block in zip(self.stage_names, self.blocks, strict=True)]
