@@ -55,6 +55,24 @@ def test_a_job_failing_mid_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path)
     assert "1 job(s) of the sweep failed" in result.stderr
 
 
+def test_a_single_run_writes_no_sweep_summary(tmp_path: Path) -> None:
+    """Hydra calls the sweep callback's on_job_end for a single run too; nothing of a sweep is written."""
+    args = [
+        str(BIN / "selfsup-pretrain"),
+        *FAST,
+        "trainer.accelerator=cpu",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    result = subprocess.run(
+        [*args, f"hydra.run.dir={tmp_path / 'run'}", f"paths.output_root={tmp_path / 'outputs'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "multirun" not in output, "a single run looked for a sweep to summarize"
+    assert not (tmp_path / "outputs" / "multirun").exists()
+
+
 def test_any_exception_in_a_sweep_job_is_recorded_not_raised(tmp_path: Path, monkeypatch) -> None:
     def broken(cfg):
         raise RuntimeError("a bug in the stage")

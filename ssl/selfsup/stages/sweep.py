@@ -184,7 +184,9 @@ class SweepCallback(Callback):
             sys.exit(2)
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        write_summary(config.hydra.sweep.dir)
+        # Hydra calls on_job_end for a single run too: there is no sweep to summarize then.
+        if config.hydra.get("mode") == RunMode.MULTIRUN:
+            write_summary(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from selfsup.reports.summary import failed_runs
