@@ -13,7 +13,7 @@ from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.decode import decode
 from selfsup.data.sources import ArrayImages, FolderImages
 from selfsup.data.synthetic import synthetic
-from selfsup.data.transforms import normalize, train_transform
+from selfsup.data.transforms import KeyedAugmentation, normalize
 from selfsup.errors import ConfigError, DataError
 from tests.conftest import test_datamodule
 
@@ -107,7 +107,7 @@ def test_padded_crop_option_reaches_the_training_loader() -> None:
     dm = _module(pretrain=partial(synthetic, 16, 32, seed=0), image_size=32, crop="padded", crop_padding=4)
     dm.setup("fit")
     assert dm.train_augmentation().crop == "padded"
-    reference = train_transform(32, crop="padded", crop_padding=4)
+    reference = KeyedAugmentation(32, crop="padded", crop_padding=4)
     batch = next(iter(dm.train_dataloader()))
     source = dm.source("pretrain")
     for image, index, key in zip(batch["image"], batch["index"], batch["key"], strict=True):

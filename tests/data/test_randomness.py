@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from selfsup.data.sampler import EpochSampler
-from selfsup.data.transforms import crop_box, padded_crop_offset, train_transform
+from selfsup.data.transforms import KeyedAugmentation, crop_box, padded_crop_offset
 from selfsup.tasks.masking import block_mask, random_masking
 from selfsup.tasks.rotnet import rotate_batch
 from selfsup.training.randomness import FLIP, integers, mix64, sample_key, uniform
@@ -55,7 +55,7 @@ def test_crop_boxes_follow_torchvision_statistics() -> None:
 
 
 def test_augmentation_is_a_function_of_the_key_and_flips_half() -> None:
-    augment = train_transform(8, (0.3, 1.0))
+    augment = KeyedAugmentation(8, (0.3, 1.0))
     image = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
     key = sample_key(0, 1, 5)
     assert torch.equal(augment(image, key), augment(image, key))
@@ -147,8 +147,8 @@ def test_padded_crop_offsets_are_uniform_over_every_position() -> None:
 
 
 def test_padded_crop_is_the_window_of_the_zero_padded_image_then_a_flip() -> None:
-    augment = train_transform(32, crop="padded", crop_padding=4)
-    unflipped = train_transform(32, crop="padded", crop_padding=4, hflip=False)
+    augment = KeyedAugmentation(32, crop="padded", crop_padding=4)
+    unflipped = KeyedAugmentation(32, crop="padded", crop_padding=4, hflip=False)
     image = torch.randint(1, 256, (3, 32, 32), dtype=torch.uint8)  # no zeros: padding shows
     flips = 0
     for key in sample_key(3, 2, torch.arange(400)):
@@ -163,6 +163,6 @@ def test_padded_crop_is_the_window_of_the_zero_padded_image_then_a_flip() -> Non
 
 def test_padded_crop_refuses_bad_options_and_small_images() -> None:
     with pytest.raises(ValueError, match="crop must be one of"):
-        train_transform(32, crop="padding")
+        KeyedAugmentation(32, crop="padding")
     with pytest.raises(ValueError, match="at least 24 px"):
-        train_transform(32, crop="padded", crop_padding=4)(torch.zeros(3, 20, 20, dtype=torch.uint8), 1)
+        KeyedAugmentation(32, crop="padded", crop_padding=4)(torch.zeros(3, 20, 20, dtype=torch.uint8), 1)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.sampler import EpochSampler, ResumableLoader
 from selfsup.data.sources import ImageSource
-from selfsup.data.transforms import CROPS, eval_transform, normalize, train_transform
+from selfsup.data.transforms import CROPS, KeyedAugmentation, eval_transform, normalize
 from selfsup.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class ImageDataModule(pl.LightningDataModule):
         return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # type: ignore[attr-defined]
 
     def train_augmentation(self) -> Callable:
-        return train_transform(
+        return KeyedAugmentation(
             self.image_size, self.crop_scale, self.crop_ratio, self.hflip, self.crop, self.crop_padding
         )
 

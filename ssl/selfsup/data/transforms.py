@@ -153,18 +153,6 @@ class KeyedAugmentation:
         return f"KeyedAugmentation(image_size={self.image_size}, {crop}, hflip={self.hflip})"
 
 
-def train_transform(
-    image_size: int,
-    crop_scale: Sequence[float] = (0.2, 1.0),
-    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    hflip: bool = True,
-    crop: str = "random_resized",
-    crop_padding: int = 4,
-) -> KeyedAugmentation:
-    """Random resized or padded crop to ``image_size`` and an optional horizontal flip, on (3, H, W) uint8."""
-    return KeyedAugmentation(image_size, crop_scale, crop_ratio, hflip, crop, crop_padding)
-
-
 def eval_transform(image_size: int, crop_fraction: float = 1.0) -> v2.Transform:
     """Resize the short side to ``image_size / crop_fraction`` and take the centre ``image_size`` crop."""
     return v2.Compose(
