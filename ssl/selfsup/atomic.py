@@ -47,7 +47,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], 
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except Exception as e:  # writers wrap the OSError: torch's RuntimeError, safetensors' SafetensorError
         raise_if_disk_full(e, path)
         raise
     finally:
@@ -76,12 +76,43 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     return stale
 
 
-def raise_if_disk_full(error: OSError, path: str | os.PathLike[str]) -> None:
-    """Turn a full disk (ENOSPC, EDQUOT) while writing ``path`` into a DiskFullError naming it and the free space."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return
+# How writers that wrap the OSError spell a full disk (safetensors: "I/O error: ... (os error 28)").
+_DISK_FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
+# Below this, a failed write is blamed on the disk even when the writer lost the errno (torch.save's
+# "unexpected pos" RuntimeError).
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def raise_if_disk_full(error: BaseException, path: str | os.PathLike[str]) -> None:
+    """Turn a full disk (or quota) while writing ``path`` into a DiskFullError naming it and the free space.
+
+    A full disk is recognised from ENOSPC/EDQUOT anywhere in the exception's chain, from a writer's
+    message that spells it, or from the file system having (almost) nothing left.
+    """
     try:
         free: int | None = shutil.disk_usage(Path(path).parent).free
     except OSError:
         free = None
-    raise DiskFullError(str(path), free) from error
+    nearly_full = free is not None and free < _NEARLY_FULL_BYTES
+    if nearly_full or any(_says_disk_full(e) for e in _chain(error)):
+        raise DiskFullError(str(path), free) from error
+
+
+def _says_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    message = str(error).lower()
+    return any(m in message for m in _DISK_FULL_MESSAGES)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling (``__cause__``, ``__context__``)."""
+    seen: list[BaseException] = []
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.append(e)
+        stack += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return seen

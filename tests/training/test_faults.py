@@ -225,6 +225,74 @@ def test_a_full_disk_names_the_path_and_keeps_the_old_file(tmp_path: Path) -> No
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.fixture
+def full_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every atomic write goes to ``/dev/full`` (a device that answers every write with ENOSPC)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    from selfsup import atomic
+
+    real_temp_path = atomic.temp_path
+
+    def onto_full_device(path, suffix=""):
+        tmp = real_temp_path(path, suffix)
+        tmp.symlink_to("/dev/full")
+        return tmp
+
+    monkeypatch.setattr(atomic, "temp_path", onto_full_device)
+
+
+def test_torch_save_on_a_full_disk_is_a_disk_full_error(tmp_path: Path, full_device: None) -> None:
+    """torch.save wraps the ENOSPC in a RuntimeError ("unexpected pos"); it is still a full disk."""
+    from selfsup.training.checkpoint_io import AtomicCheckpointIO
+
+    target = tmp_path / "last.ckpt"
+    with pytest.raises(DiskFullError, match=rf"writing {target} \(free: "):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.randn(100_000)}}, target)
+    assert list(tmp_path.iterdir()) == [], "no temporary file or link is left behind"
+
+
+def test_a_writer_that_loses_the_errno_on_a_full_disk_is_a_disk_full_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What CI met: torch.save raised only "unexpected pos" while the disk had nothing left."""
+    import shutil
+
+    from selfsup import atomic
+
+    def lost_errno(tmp: Path) -> None:
+        tmp.write_bytes(b"part")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 55876608 vs 55876496")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _: usage._replace(free=4096))
+    with pytest.raises(DiskFullError, match=r"\(free: 0.0 MiB\)"):
+        atomic.atomic_write(tmp_path / "last.ckpt", lost_errno)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # with space left, the writer's error stands
+        atomic.atomic_write(tmp_path / "last.ckpt", lost_errno)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_on_a_full_disk_is_a_disk_full_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors reports a full disk as SafetensorError("... No space left on device (os error 28)")."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from selfsup.encoders import export
+    from selfsup.encoders.resnet import ResNetEncoder
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", full)
+    with pytest.raises(DiskFullError, match=r"encoder.safetensors \(free: "):
+        export.save(ResNetEncoder(depth=18, cifar_stem=True), tmp_path / "encoder", None, {})
+    assert not (tmp_path / "encoder" / export.WEIGHTS_FILE).exists()
+
+
 def test_a_failed_export_is_finished_by_resume_auto_without_training(
     make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
