@@ -100,6 +100,11 @@ def check_data(cfg: DictConfig, key: str = "data") -> None:
     if workers != "auto":
         require_positive_int(cfg, f"{key}.num_workers", allow_zero=True)
     require_choice(cfg, f"{key}.on_bad_image", ("skip", "error"))
+    for cap in ("max_images", "max_train_images", "max_test_images"):
+        if select(cfg, f"{key}.{cap}") is not None:
+            require_positive_int(cfg, f"{key}.{cap}")
+    if select(cfg, f"{key}.subset_seed") is not None:
+        require_positive_int(cfg, f"{key}.subset_seed", allow_zero=True)
     require_choice(cfg, f"{key}.crop", CROPS)
     require_positive_int(cfg, f"{key}.crop_padding", allow_zero=True)
     check_data_path(cfg, key)

@@ -69,3 +69,61 @@ def test_source_labels_from_the_label_list_or_image_by_image() -> None:
     images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
     assert source_labels(ArrayImages(images, [1, 0, 1, 1], ["a", "b"], "arr")).tolist() == [1, 0, 1, 1]
     assert source_labels(_NoLabelList([0, 1, 1])).tolist() == [0, 1, 1]
+
+
+# -- caps for quick comparisons (data.max_images, max_train_images, max_test_images) ------------------
+@pytest.mark.parametrize("cap", [1, 4, 25, 100, 257])
+def test_a_cap_keeps_exactly_that_many_in_the_classes_proportions(cap: int) -> None:
+    from selfsup.data.subsets import capped_indices
+
+    indices = capped_indices(LABELS, cap, seed=0)
+    assert len(indices) == cap == len(set(indices.tolist()))
+    assert torch.equal(indices, indices.sort().values)
+    counts = Counter(LABELS[indices].tolist())
+    for c, n in SIZES.items():  # each class within one image of its exact share
+        assert abs(counts.get(c, 0) - n * cap / len(LABELS)) < 1, (c, counts)
+
+
+def test_a_cap_is_seeded_and_a_large_cap_keeps_everything() -> None:
+    from selfsup.data.subsets import capped_indices
+
+    first = capped_indices(LABELS, 50, seed=0)
+    assert torch.equal(first, capped_indices(LABELS, 50, seed=0))
+    assert not torch.equal(first, capped_indices(LABELS, 50, seed=1))
+    assert torch.equal(capped_indices(LABELS, 10_000, seed=0), torch.arange(len(LABELS)))
+    unlabeled = capped_indices(torch.full((100,), -1), 30, seed=0)
+    assert len(unlabeled) == 30 and unlabeled.max() > 50, "unlabeled images are drawn from the whole set"
+    with pytest.raises(ValueError, match="positive"):
+        capped_indices(LABELS, 0, seed=0)
+
+
+def test_capped_splits_from_the_config(make_cfg) -> None:
+    from selfsup.stages.components import build_datamodule
+    from tests.conftest import FAST
+
+    overrides = [*FAST, "data.train.num_images=100", "data.test.num_images=60"]
+    full = build_datamodule(make_cfg(overrides), ["pretrain", "train", "test"])
+    caps = ["data.max_images=10", "data.max_train_images=20", "data.max_test_images=30"]
+    capped = build_datamodule(make_cfg([*overrides, *caps]), ["pretrain", "train", "test"])
+    assert [len(capped.source(s)) for s in ("pretrain", "train", "test")] == [10, 20, 30]
+    train = capped.source("train")
+    assert Counter(source_labels(train).tolist()) == {c: 5 for c in range(4)}, "stratified: 5 of each class"
+    assert train.classes == full.source("train").classes
+    first = train.indices[0]
+    assert train.name(0) == full.source("train").name(int(first)), "names say which image it is"
+    assert torch.equal(train.get(0).data, full.source("train").get(int(first)).data)
+    assert train.fingerprint() != full.source("train").fingerprint(), "feature caches tell them apart"
+    again = build_datamodule(make_cfg([*overrides, *caps]), ["train"]).source("train")
+    assert torch.equal(again.indices, train.indices) and again.fingerprint() == train.fingerprint()
+    other = build_datamodule(make_cfg([*overrides, *caps, "data.subset_seed=1"]), ["train"]).source("train")
+    assert not torch.equal(other.indices, train.indices)
+
+
+@pytest.mark.parametrize("bad", ["data.max_images=0", "data.max_train_images=-3", "data.max_test_images=1.5"])
+def test_a_bad_cap_is_named(make_cfg, bad: str) -> None:
+    from selfsup.errors import ConfigError
+    from selfsup.stages.components import build_datamodule
+    from tests.conftest import FAST
+
+    with pytest.raises(ConfigError, match=rf"'{bad.split('=')[0]}': must be a positive integer"):
+        build_datamodule(make_cfg([*FAST, bad]), ["pretrain"])

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Subset
 
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.sampler import EpochSampler, ResumableLoader
-from selfsup.data.sources import ImageSource
+from selfsup.data.sources import ImageSource, SubsetImages
+from selfsup.data.subsets import capped_indices, source_labels
 from selfsup.data.transforms import CROPS, KeyedAugmentation, eval_transform, normalize
 from selfsup.errors import ConfigError, DataError
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[], ImageSource]
 SPLITS = ("pretrain", "train", "test")
+CAP_KEYS = {"pretrain": "max_images", "train": "max_train_images", "test": "max_test_images"}
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -62,6 +64,11 @@ class ImageDataModule(pl.LightningDataModule):
             as ``${..path}``, and it is kept here to say where the data came from.
         download: whether torchvision datasets may download (referenced by the split configs).
         seed: the run's seed (``${seed}``): the pretraining order and each sample's random key.
+        max_images: at most this many pretraining images (None: all), for quick comparisons.
+        max_train_images: at most this many labeled ``train`` images (None: all).
+        max_test_images: at most this many labeled ``test`` images (None: all).
+        subset_seed: draws the capped subsets (stratified by class where labeled); fixed apart from
+            ``seed`` so that runs with different seeds see the same images.
     """
 
     def __init__(
@@ -87,6 +94,10 @@ class ImageDataModule(pl.LightningDataModule):
         crop_padding: int = 4,
         on_bad_image: str = "skip",
         download: bool = False,
+        max_images: int | None = None,
+        max_train_images: int | None = None,
+        max_test_images: int | None = None,
+        subset_seed: int = 0,
     ) -> None:
         super().__init__()
         self.factories = {"pretrain": pretrain, "train": train, "test": test}
@@ -103,6 +114,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory and torch.cuda.is_available()  # nothing to pin for without a GPU
         self.persistent_workers = persistent_workers and num_workers > 0
         self.path, self.download, self.seed = path, download, int(seed)
+        self.caps = {"pretrain": max_images, "train": max_train_images, "test": max_test_images}
+        self.subset_seed = int(subset_seed)
         self._sources: dict[str, ImageSource] = {}
         self._train_loader: ResumableLoader | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next train loader
@@ -120,12 +133,26 @@ class ImageDataModule(pl.LightningDataModule):
             factory = self.factories[split]
             if factory is None:
                 raise DataError(f"no '{split}' data is configured (data.{split} is null)")
-            self._sources[split] = factory()
+            self._sources[split] = self._capped(split, factory())
             if split != "pretrain" and not self._sources[split].labeled:
                 raise DataError(
                     f"data.{split} must be labeled for downstream stages, but its source has no classes"
                 )
         return self._sources[split]
+
+    def _capped(self, split: str, source: ImageSource) -> ImageSource:
+        """``source``, or a seeded subset of at most the split's cap (stratified by class when labeled)."""
+        cap = self.caps[split]
+        if cap is None or cap >= len(source):
+            return source
+        key = CAP_KEYS[split]
+        indices = capped_indices(source_labels(source), int(cap), self.subset_seed)
+        log.info(
+            "data.%s=%d: %d of %d %s images%s (data.subset_seed=%d)",
+            key, cap, len(indices), len(source), split,
+            ", stratified by class" if source.labeled else "", self.subset_seed,
+        )  # fmt: skip
+        return SubsetImages(source, indices, f"{key}={cap}, seed {self.subset_seed}")
 
     def classes(self) -> list[str]:
         """The class names of the labeled ``train`` and ``test`` splits, which must be the same list.

@@ -326,3 +326,37 @@ class ArrayImages(ImageSource):
         digest.update(self.images.numpy().tobytes())
         digest.update(self.labels.numpy().tobytes())
         return digest.hexdigest()
+
+
+class SubsetImages(ImageSource):
+    """Some images of another source, in the order of ``indices`` (a cap, a validation hold-out).
+
+    Args:
+        source: the full source.
+        indices: (M,) indices into ``source``.
+        why: what chose them (``max_train_images=2000, seed 0``); part of the fingerprint and of names.
+    """
+
+    def __init__(self, source: ImageSource, indices: Sequence[int] | np.ndarray | Tensor, why: str) -> None:
+        self.parent = source
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.classes = source.classes
+        self.why = why
+        labels = getattr(source, "labels", None)
+        if labels is not None:
+            self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def name(self, index: int) -> str:
+        return self.parent.name(int(self.indices[index]))
+
+    def get(self, index: int) -> Sample:
+        return self.parent.get(int(self.indices[index]))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.parent.fingerprint().encode())
+        digest.update(self.why.encode())
+        digest.update(self.indices.numpy().tobytes())
+        return digest.hexdigest()
