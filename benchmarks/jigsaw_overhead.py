@@ -22,7 +22,7 @@ import time
 import torch
 
 from benchmarks.common import StepTimer, compose_cfg, median_step_seconds, record
-from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
+from selfsup.stages.components import build_datamodule, build_pretraining, setup_runtime
 from selfsup.tasks.jigsaw import Jigsaw
 from selfsup.training.optim import build_optimizer
 from selfsup.training.trainer import build_trainer
@@ -43,7 +43,7 @@ def full_step(overrides: list[str], steps: int, warmup: int) -> float:
     )
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg, ["pretrain"])
-    task = build_task(cfg, build_encoder(cfg, check_image_size=False))
+    task = build_pretraining(cfg).task
     timer = StepTimer(warmup)
     trainer = build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
     trainer.callbacks.append(timer)
@@ -56,7 +56,7 @@ def puzzle_and_bare_step(overrides: list[str], steps: int, warmup: int, repeats:
     cfg = compose_cfg([*overrides, *NO_EXTRAS])
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg, ["pretrain"])
-    task = build_task(cfg, build_encoder(cfg, check_image_size=False))
+    task = build_pretraining(cfg).task
     assert isinstance(task, Jigsaw), "this benchmark measures task=jigsaw"
     images = datamodule.prepare_batch(next(iter(datamodule.train_dataloader())))["image"]
     puzzle_times = []

@@ -216,8 +216,12 @@ def test_zero_batch_size_is_named(make_cfg) -> None:
 
 
 def test_image_too_small_for_the_encoder(make_cfg) -> None:
-    with pytest.raises(ConfigError, match=r"'data.image_size'.*at least 32 px.*cifar_stem"):
-        pretrain(make_cfg([*FAST, "data.image_size=16"]))
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*at least 32 px.*cifar_stem=true \(or auto\)"):
+        pretrain(make_cfg([*FAST, "data.image_size=16", "encoder.cifar_stem=false"]))
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*at least 8 px, got 4 px"):
+        pretrain(
+            make_cfg([*FAST, "data.image_size=4"])
+        )  # auto took the small stem, and it is still too small
 
 
 def test_vit_patch_must_divide_the_image(make_cfg) -> None:

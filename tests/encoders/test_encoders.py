@@ -14,10 +14,12 @@ SIZE = 32
 
 
 def _build(make_cfg, name: str) -> Encoder:
+    from selfsup.stages.components import build_encoder
+
     cfg = make_cfg([f"encoder={name}", f"data.image_size={SIZE}"])
     if "vit" in name:
         cfg.encoder.patch_size = 8  # keep the test light: 4x4 tokens
-    return instantiate(cfg.encoder)
+    return build_encoder(cfg)  # as the stages build it: `auto` settings chosen for SIZE px
 
 
 @pytest.mark.parametrize("name", options("encoder"))
@@ -74,13 +76,13 @@ def test_resnet_feature_shapes_with_and_without_cifar_stem() -> None:
         "stage3": (256, 8, 8),
         "stage4": (512, 4, 4),
     }
-    assert feature_shapes(ResNetEncoder(50), 64, ["stage4"]) == {"stage4": (2048, 2, 2)}
+    assert feature_shapes(ResNetEncoder(50, cifar_stem=False), 64, ["stage4"]) == {"stage4": (2048, 2, 2)}
 
 
 def test_resnet_rejects_images_smaller_than_its_downsampling() -> None:
     ResNetEncoder(18, cifar_stem=True).check_image_size(8)
     with pytest.raises(ValueError, match="at least 32 px"):
-        ResNetEncoder(18).check_image_size(16)
+        ResNetEncoder(18, cifar_stem=False).check_image_size(16)
 
 
 def test_vit_tokens_and_checks() -> None:
@@ -126,3 +128,19 @@ def test_sincos_embedding_matches_mae_formula() -> None:
             [torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)]
         ).float()
         assert torch.allclose(emb[index], expected, atol=1e-6)
+
+
+def test_auto_settings_follow_the_input_size() -> None:
+    from selfsup.encoders.base import Encoder
+
+    resnet = {"_target_": "selfsup.encoders.resnet.ResNetEncoder", "depth": 18, "cifar_stem": "auto"}
+    assert ResNetEncoder.settings_for_input(resnet, 18)["cifar_stem"] is True
+    assert ResNetEncoder.settings_for_input(resnet, 32)["cifar_stem"] is False
+    assert ResNetEncoder.settings_for_input({**resnet, "cifar_stem": False}, 8)["cifar_stem"] is False
+    assert resnet["cifar_stem"] == "auto", "the caller's settings are not changed"
+    vit = {"image_size": "auto", "patch_size": 4}
+    assert ViTEncoder.settings_for_input(vit, 12)["image_size"] == 12
+    assert ViTEncoder.settings_for_input({**vit, "image_size": 32}, 12)["image_size"] == 32
+    assert Encoder.settings_for_input({"a": "auto"}, 5) == {"a": "auto"}
+    with pytest.raises(ValueError, match="cifar_stem must be true, false or auto"):
+        ResNetEncoder(18, cifar_stem="auto")  # type: ignore[arg-type]

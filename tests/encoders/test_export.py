@@ -40,7 +40,7 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, encoder) -> None:
 
 
 def test_load_needs_no_task_code(tmp_path: Path) -> None:
-    save(ResNetEncoder(18), tmp_path / "export")
+    save(ResNetEncoder(18, cifar_stem=False), tmp_path / "export")
     code = (
         "import sys, selfsup.encoders as e\n"
         f"enc = e.load({str(tmp_path / 'export')!r})\n"
@@ -107,7 +107,7 @@ def test_the_config_records_defaults_and_the_most_derived_class() -> None:
         def __init__(self, depth: int, extra: int = 3) -> None:
             super().__init__(depth, cifar_stem=True)
 
-    assert ResNetEncoder(18).config["cifar_stem"] is False
+    assert ResNetEncoder(18, cifar_stem=False).config["cifar_stem"] is False
     assert Wider(18).config == {"_target_": f"{__name__}.{Wider.__qualname__}", "depth": 18, "extra": 3}
 
 

@@ -29,14 +29,16 @@ def test_auto_grid_reproduces_goyal_et_al(channels: int, spatial: int, grid: int
 
 
 def test_auto_grid_scales_to_small_images() -> None:
-    grids = probe_grids(ResNetEncoder(18), 32, [*ResNetEncoder.stage_names, "pooled"], "auto")
+    grids = probe_grids(
+        ResNetEncoder(18, cifar_stem=False), 32, [*ResNetEncoder.stage_names, "pooled"], "auto"
+    )
     # a 32 px image leaves 8x8 maps after the stem: the grid cannot be finer than the map
     assert grids == {"stem": 8, "stage1": 8, "stage2": 4, "stage3": 2, "stage4": 1, "pooled": 1}
-    assert probe_grids(ResNetEncoder(18), 32, ["stage2"], 3) == {"stage2": 3}
+    assert probe_grids(ResNetEncoder(18, cifar_stem=False), 32, ["stage2"], 3) == {"stage2": 3}
 
 
 def test_multi_layer_dimensions_follow_the_rule_and_the_encoder_is_untouched() -> None:
-    encoder = ResNetEncoder(50)
+    encoder = ResNetEncoder(50, cifar_stem=False)
     dm = test_datamodule(train=partial(synthetic, 6, 96, seed=1), image_size=224, batch_size=3)
     layers = [*encoder.stage_names, "pooled"]
     grids = probe_grids(encoder, 224, layers, "auto")
@@ -116,3 +118,13 @@ def test_on_epoch_is_called_once_per_epoch() -> None:
         on_epoch=lambda: calls.append(None),
     )  # fmt: skip
     assert len(calls) == 3
+
+
+def test_default_layers_are_fixed_per_encoder_family() -> None:
+    from selfsup.encoders import NINEncoder, ViTEncoder
+    from selfsup.stages.probe import resolve_layers
+
+    assert resolve_layers("default", ResNetEncoder(18, cifar_stem=False)) == ["stage2", "stage3"]
+    vit = ViTEncoder(image_size=32, patch_size=8, width=32, depth=4, num_heads=2)
+    assert resolve_layers("default", vit) == ["block2", "pooled"]
+    assert resolve_layers("default", NINEncoder(num_blocks=4)) == ["block2", "block3"]

@@ -101,8 +101,10 @@ def test_plot_labels_name_only_the_varying_settings(tmp_path: Path, monkeypatch)
     from selfsup.reports import plots
 
     shared = ["data=synthetic", "trainer.max_steps=2", "+probe.epochs=2"]
-    sweep_job(tmp_path, "0_rotnet", "rotnet", ["task=rotnet", *shared], {"loss": 0.5, "rotation_acc": 0.8})
-    sweep_job(tmp_path, "1_jigsaw", "jigsaw", ["task=jigsaw", *shared], {"loss": 4.1, "jigsaw_acc": 0.1})
+    rotnet = {"loss": 0.5, "rotation_acc": 0.8, "chance": {"rotation_acc": 0.25}}
+    jigsaw = {"loss": 4.1, "jigsaw_acc": 0.1, "chance": {"jigsaw_acc": 0.01}}
+    sweep_job(tmp_path, "0_rotnet", "rotnet", ["task=rotnet", *shared], rotnet)
+    sweep_job(tmp_path, "1_jigsaw", "jigsaw", ["task=jigsaw", *shared], jigsaw)
     drawn: dict = {}
     real = plots.comparison
     monkeypatch.setattr(
@@ -114,7 +116,7 @@ def test_plot_labels_name_only_the_varying_settings(tmp_path: Path, monkeypatch)
     )
     summary = summarize(tmp_path)
     assert sorted(drawn["labels"]) == ["task=jigsaw", "task=rotnet"]
-    assert sorted(drawn["chance"]) == [1.0, 25.0]  # Jigsaw: 1 / num_permutations; RotNet: 1 / 4
+    assert sorted(drawn["chance"]) == [1.0, 25.0]  # as the tasks recorded them
     text = summary.read_text()
     assert "| task=rotnet |" in text and "pretrain_loss` is each task's own loss" in text
     assert "trainer.max_steps" not in text.split("## ")[0].split("|", 1)[1].split("\n\n")[0]

@@ -24,7 +24,7 @@ FAST_FINETUNE = [
 
 @pytest.fixture
 def resnet_export(tmp_path: Path) -> Path:
-    return save(ResNetEncoder(depth=18), tmp_path / "resnet18", {"image_size": 32})
+    return save(ResNetEncoder(depth=18, cifar_stem=False), tmp_path / "resnet18", {"image_size": 32})
 
 
 def test_stage_writes_metrics_with_its_settings(make_cfg, tmp_path: Path, resnet_export: Path) -> None:

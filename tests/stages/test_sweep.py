@@ -99,3 +99,73 @@ def test_a_single_run_still_raises_what_is_not_a_selfsup_error(tmp_path: Path, m
     )
     with pytest.raises(ZeroDivisionError):
         function(OmegaConf.create({"paths": {"run_dir": str(tmp_path)}}))
+
+
+# -- the README's sweeps, as written ------------------------------------------------------------------
+README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIG_OF = {"selfsup": "pipeline", "selfsup-pretrain": "pretrain"}
+
+
+def readme_sweeps() -> list[tuple[str, list[str]]]:
+    """``(command, overrides)`` of every ``selfsup -m`` / ``selfsup-pretrain -m`` line in the README.
+
+    Sweeps that need a cluster (a launcher) or a folder that is not here (``<placeholder>``, a
+    ``data.path``) are left out: the others run as written on the embedded data.
+    """
+    found = []
+    for line in README.read_text().splitlines():
+        words = line.split("#")[0].split()
+        if len(words) < 2 or words[1] != "-m" or Path(words[0]).name not in CONFIG_OF:
+            continue
+        overrides = words[2:]
+        if any("<" in w or w.startswith(("hydra/launcher", "data.path")) or w == "\\" for w in overrides):
+            continue
+        found.append((Path(words[0]).name, overrides))
+    return found
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a basic sweep: the cartesian product of the comma-separated values."""
+    import itertools
+
+    choices = [[f"{o.split('=')[0]}={v}" for v in o.split("=", 1)[1].split(",")] for o in overrides]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def test_the_readme_has_the_task_comparison_sweeps() -> None:
+    sweeps = [" ".join(overrides) for _, overrides in readme_sweeps()]
+    assert "task=rotnet,jigsaw,simmim" in sweeps
+    assert "task=mae,simmim encoder=vit_tiny" in sweeps
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides"), readme_sweeps(), ids=lambda v: " ".join(v) if isinstance(v, list) else v
+)
+def test_every_job_of_a_readme_sweep_passes_the_up_front_checks(
+    tmp_path: Path, command: str, overrides: list[str]
+) -> None:
+    from tests.conftest import compose_in
+
+    check = sweep.STAGE_CHECKS[CONFIG_OF[command]]
+    for job in sweep_jobs(overrides):
+        check(compose_in(tmp_path, job, CONFIG_OF[command]))  # a refusal raises ConfigError, naming it
+
+
+def test_a_probe_sweep_is_checked_up_front_too(tmp_path: Path) -> None:
+    from selfsup.encoders import ResNetEncoder, export
+
+    export.save(ResNetEncoder(18, cifar_stem=True), tmp_path / "mine", {"image_size": 32})
+    args = [
+        str(BIN / "selfsup-probe"),
+        "-m",
+        *[o for o in FAST if not o.startswith(("trainer.", "callbacks."))],
+        f"+encoders.mine={tmp_path / 'mine'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "eval.linear_probe.epochs=1,0",
+    ]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "job #1 (eval.linear_probe.epochs=0)" in errors[0], result.stderr[-3000:]
+    assert not list((tmp_path / "sweep").rglob("metrics.json")), "no job ran"

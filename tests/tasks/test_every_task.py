@@ -15,7 +15,7 @@ import torch
 
 from selfsup.encoders import load
 from selfsup.errors import ConfigError
-from selfsup.stages.components import build_encoder, build_task
+from selfsup.stages.components import build_pretraining
 from selfsup.stages.pretrain import pretrain
 from tests.conftest import FAST, options
 
@@ -29,7 +29,7 @@ IMAGE_SIZE = 64
 # (task, encoder kind) -> (config key named, words of the reason).
 REFUSALS = {
     # 64 px images give 21 px cells and 17 px tiles, not a multiple of the ViT's 8 px patches.
-    ("jigsaw", "vit"): ("data.image_size", "Jigsaw tiles"),
+    ("jigsaw", "vit"): ("data.image_size", "Jigsaw feeds its encoder 17 px inputs"),
     ("mae", "resnet"): ("task", "needs a ViT encoder"),
     ("mae", "nin"): ("task", "needs a ViT encoder"),
 }
@@ -55,6 +55,8 @@ def test_task_trains_and_exports_or_refuses_as_declared(
         return
     metrics = pretrain(cfg)  # an undeclared refusal (ConfigError) fails here
     assert metrics["steps"] == 2
+    for accuracy, level in metrics["chance"].items():  # each chance level belongs to a logged accuracy
+        assert accuracy in metrics and 0 < level < 1, (accuracy, metrics)
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     encoder = load(run_dir / "encoder")
     assert encoder(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, encoder.out_dim)
@@ -70,7 +72,7 @@ def test_every_task_works_with_some_encoder_and_refusals_name_real_pairs() -> No
 def test_every_trainable_parameter_gets_a_finite_gradient(make_cfg, task: str, kind: str) -> None:
     """timm's check: one backward of the pretext loss reaches every trainable parameter."""
     cfg = make_cfg(_overrides(task, kind))
-    module = build_task(cfg, build_encoder(cfg, check_image_size=False)).train()
+    module = build_pretraining(cfg).task.train()
     module.pretext_step(torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)).loss.backward()
     trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     assert trainable

@@ -14,7 +14,7 @@ from selfsup.encoders import ResNetEncoder, ViTEncoder, load
 from selfsup.errors import ConfigError
 from selfsup.reports.puzzles import PuzzleGrid, draw_puzzles
 from selfsup.run_dir import RunDir
-from selfsup.stages.components import build_encoder, build_task
+from selfsup.stages.components import build_pretraining
 from selfsup.stages.pretrain import pretrain
 from selfsup.tasks.jigsaw import Jigsaw, Puzzles, make_puzzles
 from selfsup.tasks.patches import PuzzleGeometry
@@ -194,7 +194,7 @@ def test_works_with_a_vit_on_tiles() -> None:
 @pytest.mark.parametrize(
     ("encoder", "message"),
     [
-        (lambda: ResNetEncoder(18), "9 px Jigsaw tiles.*cifar_stem=true"),
+        (lambda: ResNetEncoder(18, cifar_stem=False), "9 px Jigsaw tiles.*cifar_stem=true"),
         (tiny_vit, "patch size 4"),
     ],
 )
@@ -206,11 +206,13 @@ def test_tiles_too_small_for_the_encoder_are_refused(encoder, message: str) -> N
 
 def test_config_check_names_the_key_before_training(make_cfg) -> None:
     cfg = make_cfg(["task=jigsaw", *FAST, "encoder.cifar_stem=false", "task.num_permutations=10"])
-    with pytest.raises(ConfigError, match=r"'data.image_size'.*8 px Jigsaw tiles"):
-        build_task(cfg, build_encoder(cfg, check_image_size=False))
+    with pytest.raises(
+        ConfigError, match=r"'data.image_size'.*Jigsaw feeds its encoder 8 px inputs on 32 px images"
+    ):
+        build_pretraining(cfg)
     cfg = make_cfg(["task=jigsaw", *FAST, "encoder.cifar_stem=true", "task.cell_size=20"])
     with pytest.raises(ConfigError, match=r"'task'.*covers 3 x 20 px = 60 px but the images are 32 px"):
-        build_task(cfg, build_encoder(cfg, check_image_size=False))
+        build_pretraining(cfg)
 
 
 def test_pretraining_exports_a_tile_encoder_for_whole_images(make_cfg, tmp_path: Path) -> None:
@@ -259,3 +261,42 @@ def test_puzzles_are_drawn_in_eval_mode_and_the_mode_is_restored(tmp_path: Path)
     assert modes == [False] and task.training
     with Image.open(path) as picture:
         assert picture.size == (750, 2 * 270)
+
+
+def test_chance_levels_come_from_the_task() -> None:
+    from selfsup.tasks.rotnet import RotNet
+
+    task = Jigsaw(ResNetEncoder(18, cifar_stem=True), image_size=36, **{**SMALL_HEAD, "num_permutations": 10})
+    assert task.chance_levels() == {"jigsaw_acc": 0.1}
+    assert RotNet(
+        ResNetEncoder(18, cifar_stem=True), rotations="random", head_hidden_dims=[]
+    ).chance_levels() == {"rotation_acc": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("task", "image_size", "small_stem"),
+    [("jigsaw", 64, True), ("rotnet", 64, False), ("rotnet", 16, True), ("simmim", 64, False)],
+)
+def test_the_default_resnet_is_built_for_what_the_task_feeds_it(
+    make_cfg, task: str, image_size: int, small_stem: bool
+) -> None:
+    """``cifar_stem: auto``: the small stem below 32 px encoder inputs (Jigsaw's 18 px tiles of 64 px images)."""
+    extra = ["task.num_permutations=10"] if task == "jigsaw" else []
+    cfg = make_cfg([f"task={task}", *FAST, f"data.image_size={image_size}", *extra])
+    assert cfg.encoder.cifar_stem == "auto"
+    parts = build_pretraining(cfg)
+    assert parts.encoder.cifar_stem is small_stem
+    assert parts.encoder.config["cifar_stem"] is small_stem, "the export records the choice, not 'auto'"
+
+
+def test_a_vit_is_built_for_the_tiles_it_sees(make_cfg) -> None:
+    # 48 px images: 16 px cells, 13 px tiles by default; 12 px tiles are a multiple of 4 px patches.
+    overrides = ["task=jigsaw", *FAST, "data.image_size=48", "task.tile_size=12", "task.num_permutations=10"]
+    cfg = make_cfg([*overrides, "encoder=vit_tiny", "encoder.patch_size=4", "encoder.depth=1"])
+    assert build_pretraining(cfg).encoder.image_size == 12
+
+
+def test_jigsaw_with_the_default_encoder_trains_and_exports_its_choice(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(["task=jigsaw", *FAST, "data.image_size=64", "task.num_permutations=10"])
+    pretrain(cfg)
+    assert load(RunDir.from_config(cfg).encoder).cifar_stem is True

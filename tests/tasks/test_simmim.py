@@ -114,7 +114,9 @@ def test_loss_is_l1_over_masked_pixels_only(kind: str) -> None:
 
 
 def test_head_predicts_full_images_from_the_last_feature_map() -> None:
-    task = SimMIM(ResNetEncoder(18), image_size=64, reconstructions=None)  # standard stem: stride 32
+    task = SimMIM(
+        ResNetEncoder(18, cifar_stem=False), image_size=64, reconstructions=None
+    )  # standard stem: stride 32
     assert task.stride == 32 and task.mask_patch == 8
     mask, prediction = task.reconstruct(torch.randn(2, 3, 64, 64), torch.Generator().manual_seed(0))
     assert mask.shape == (2, 1, 64, 64) and prediction.shape == (2, 3, 64, 64)

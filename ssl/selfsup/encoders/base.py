@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from selfsup.modes import evaluating
 
+AUTO = "auto"  # an encoder setting the framework chooses from the input size (Encoder.settings_for_input)
+
 
 class Encoder(nn.Module):
     """A headless image encoder.
@@ -109,8 +111,27 @@ class Encoder(nn.Module):
         """The modules and loose parameters of each stage, in ``stage_names`` order (for freezing)."""
         raise NotImplementedError
 
+    @property
+    def probe_layers(self) -> tuple[str, ...]:
+        """The features ``layers: default`` probes (the main job's): ``pooled`` unless a family says.
+
+        Fixed per encoder family in advance, never chosen on test results.
+        """
+        return ("pooled",)
+
     def check_image_size(self, image_size: int) -> None:
         """Raise ``ValueError`` saying why when this encoder cannot take square images of this size."""
+
+    @classmethod
+    def settings_for_input(cls, settings: dict[str, Any], input_size: int) -> dict[str, Any]:
+        """``settings`` (the encoder's config) with each ``auto`` value chosen for ``input_size`` px inputs.
+
+        The framework calls it before building the encoder, with the size of what the encoder will
+        see: the pretext task's inputs (Jigsaw's tiles) in pretraining, the images elsewhere. An
+        encoder whose structure depends on its input size (a ResNet's stem, a ViT's position grid)
+        overrides it; the chosen values are logged and recorded in the encoder's ``config``.
+        """
+        return settings
 
     def check_layers(self, layers: Sequence[str]) -> None:
         """Raise ``ValueError`` listing the allowed names when a requested feature does not exist."""

@@ -111,6 +111,11 @@ class NINEncoder(Encoder):
     def stage_modules(self) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
         return [(name, [block]) for name, block in zip(self.stage_names, self.blocks, strict=True)]
 
+    @property
+    def probe_layers(self) -> tuple[str, ...]:
+        """Blocks 2 and 3: the paper's best RotNet features on CIFAR-10 are block 2's (its Table 1)."""
+        return ("block2", "block3")
+
     def check_image_size(self, image_size: int) -> None:
         if image_size < self.downsampling:
             raise ValueError(

@@ -2,17 +2,19 @@
 
 ``cifar_stem=True`` replaces the 7x7 stride-2 convolution and the max-pool with one 3x3 stride-1
 convolution, the usual change for 32-64 px images (the standard stem would shrink a 32 px image to
-8x8 before the first residual stage).
+8x8 before the first residual stage). ``cifar_stem: auto`` in the config takes the small stem when the
+encoder's inputs are smaller than the standard stem's downsampling (32 px), as Jigsaw's tiles often are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models import resnet
 
-from selfsup.encoders.base import Encoder
+from selfsup.encoders.base import AUTO, Encoder
 
 _BUILDERS: dict[int, Callable[..., resnet.ResNet]] = {
     18: resnet.resnet18,
@@ -28,7 +30,8 @@ class ResNetEncoder(Encoder):
 
     Args:
         depth: 18, 34, 50, 101 or 152.
-        cifar_stem: 3x3 stride-1 first convolution and no max-pool (for 32-64 px images).
+        cifar_stem: 3x3 stride-1 first convolution and no max-pool (for 32-64 px images). No default:
+            the yaml's ``auto`` is chosen by :meth:`settings_for_input`.
         zero_init_residual: start each residual branch's last BatchNorm at zero (Goyal et al. 2017).
 
     Features: ``stem`` (B, 64, H/4, W/4) or (B, 64, H, W) with the CIFAR stem, then ``stage1``..
@@ -42,8 +45,13 @@ class ResNetEncoder(Encoder):
 
     stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
 
-    def __init__(self, depth: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> None:
+    # The standard stem (7x7 stride 2, max-pool) and stages 2-4 halve the resolution 5 times.
+    standard_downsampling = 32
+
+    def __init__(self, depth: int, cifar_stem: bool, zero_init_residual: bool = False) -> None:
         super().__init__()
+        if not isinstance(cifar_stem, bool):
+            raise ValueError(f"cifar_stem must be true, false or auto (in a config), got {cifar_stem!r}")
         if depth not in _BUILDERS:
             raise ValueError(f"ResNet depth must be one of {sorted(_BUILDERS)}, got {depth}")
         self.cifar_stem = cifar_stem
@@ -56,7 +64,7 @@ class ResNetEncoder(Encoder):
         self.stage1, self.stage2, self.stage3, self.stage4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_dim = net.fc.in_features
-        self.downsampling = 8 if cifar_stem else 32
+        self.downsampling = 8 if cifar_stem else self.standard_downsampling
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.stem(images)
@@ -74,10 +82,22 @@ class ResNetEncoder(Encoder):
     def stage_modules(self) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
         return [(name, [getattr(self, name)]) for name in self.stage_names]
 
+    @property
+    def probe_layers(self) -> tuple[str, ...]:
+        """The middle stages, where pretext features peak (Goyal et al. 2019; benchmarks/README.md)."""
+        return ("stage2", "stage3")
+
+    @classmethod
+    def settings_for_input(cls, settings: dict[str, Any], input_size: int) -> dict[str, Any]:
+        """``cifar_stem: auto`` is the small stem for inputs under 32 px, where the standard one fails."""
+        if settings.get("cifar_stem") == AUTO:
+            settings = {**settings, "cifar_stem": input_size < cls.standard_downsampling}
+        return settings
+
     def check_image_size(self, image_size: int) -> None:
         if image_size < self.downsampling:
             stem = "CIFAR stem" if self.cifar_stem else "standard stem"
-            hint = "" if self.cifar_stem else "; encoder.cifar_stem=true takes images down to 8 px"
+            hint = "" if self.cifar_stem else "; encoder.cifar_stem=true (or auto) takes images down to 8 px"
             raise ValueError(
                 f"a ResNet with the {stem} downsamples by {self.downsampling}, so it needs images of at "
                 f"least {self.downsampling} px, got {image_size} px{hint}"

@@ -9,13 +9,14 @@ set of tokens. Position embeddings are fixed 2-D sin-cos (as in MAE) or learned 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from selfsup.encoders.base import Encoder
+from selfsup.encoders.base import AUTO, Encoder
 
 
 def sincos_position_embedding(grid_size: int, dim: int) -> Tensor:
@@ -48,6 +49,7 @@ class ViTEncoder(Encoder):
     Args:
         image_size: side of the square images it is built for (the position embedding's grid), a
             multiple of ``patch_size``; other multiples of the patch size work with a resized embedding.
+            The yamls' ``auto`` is the size of what the encoder will see (:meth:`settings_for_input`).
         patch_size: side of a square patch.
         width: token width (192 tiny, 384 small, 768 base).
         depth: number of transformer blocks.
@@ -209,6 +211,18 @@ class ViTEncoder(Encoder):
         ]
         blocks[-1][1].append(self.norm)  # the final LayerNorm belongs to the last stage
         return [("patch_embed", embed), *blocks]
+
+    @property
+    def probe_layers(self) -> tuple[str, ...]:
+        """The middle block and the pooled output (MAE's linear probe reads the last)."""
+        return (f"block{len(self.blocks) // 2}", "pooled")
+
+    @classmethod
+    def settings_for_input(cls, settings: dict[str, Any], input_size: int) -> dict[str, Any]:
+        """``image_size: auto`` is the size of the inputs: the position grid the encoder will see."""
+        if settings.get("image_size") == AUTO:
+            settings = {**settings, "image_size": input_size}
+        return settings
 
     def check_image_size(self, image_size: int) -> None:
         if image_size % self.patch_size:

@@ -8,7 +8,7 @@ metrics.json and the choices Hydra recorded (.hydra/hydra.yaml), and writes ``su
 
 Figures compare like with like: bars are labelled by the settings that vary between jobs, probe and
 fine-tuning bars carry the probe-seed spread, and pretext tasks are compared by accuracy against their
-chance level (:data:`PRETEXT_CHANCE`), never by loss (a rotation loss and a reconstruction loss are on
+chance level (recorded by each task: ``pretrain.chance``), never by loss (a rotation loss and a reconstruction loss are on
 different scales).
 """
 
@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from selfsup.atomic import atomic_write_text
 from selfsup.eval.results import FinetuneResults, KnnResults, ProbeResults
@@ -41,11 +41,6 @@ IMAGES_PER_S_NOTE = (
     f"`{IMAGES_PER_S}` counts source images (before the task makes rotations, tiles or masks) per "
     "second of the training loop, over all devices."
 )
-# The pretext accuracy each task logs, and its chance level from the task's config (None: unknown).
-PRETEXT_CHANCE: dict[str, Any] = {
-    "rotation_acc": lambda task: 1 / 4,
-    "jigsaw_acc": lambda task: 1 / int(task["num_permutations"]) if "num_permutations" in task else None,
-}
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
@@ -68,31 +63,25 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         )
     metrics = run.read_metrics()
     row.update(headline_metrics(metrics))
-    row.update(pretext_accuracy(metrics.get("pretrain", {}), _task_config(run)))
+    row.update(pretext_accuracy(metrics.get("pretrain", {})))
     if metrics.get("error"):
         row["error"] = f"{metrics['error'].get('type')}: {_first_line(metrics['error'].get('message'))}"
     return row
 
 
-def _task_config(run: RunDir) -> dict[str, Any]:
-    """The run's task config as recorded (.hydra/config.yaml), or {}."""
-    config_file = run.hydra_dir / "config.yaml"
-    if not config_file.is_file():
-        return {}
-    recorded = OmegaConf.load(config_file)
-    task = recorded.get("task") if isinstance(recorded, DictConfig) else None
-    return dict(OmegaConf.to_container(task, resolve=False)) if task is not None else {}  # type: ignore[arg-type]
+def pretext_accuracy(pretrain: dict[str, Any]) -> dict[str, Any]:
+    """``pretext_acc`` (%) and ``pretext_chance`` (%) of the first accuracy the task gave a chance level.
 
-
-def pretext_accuracy(pretrain: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-    """``pretext_acc`` (%) of the accuracy the task logs, and ``pretext_chance`` (%) when known."""
-    for key, chance in PRETEXT_CHANCE.items():
+    The task owns its chance levels (:meth:`~selfsup.tasks.base.PretextTask.chance_levels`, recorded
+    as ``pretrain.chance``); a task that logs no accuracy (MAE, SimMIM) gives none.
+    """
+    for key, level in (pretrain.get("chance") or {}).items():
         if isinstance(pretrain.get(key), (int, float)):
-            out: dict[str, Any] = {"pretext_metric": key, "pretext_acc": 100 * float(pretrain[key])}
-            level = chance(task)
-            if level is not None:
-                out["pretext_chance"] = 100 * level
-            return out
+            return {
+                "pretext_metric": key,
+                "pretext_acc": 100 * float(pretrain[key]),
+                "pretext_chance": 100 * level,
+            }
     return {}
 
 

@@ -10,7 +10,9 @@ import torch
 from omegaconf import DictConfig
 
 from selfsup.config import check_embed_config
+from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders import export
+from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import project_2d, save_embeddings, subsample
 from selfsup.eval.features import extract_features, probe_grids
@@ -21,20 +23,25 @@ from selfsup.stages.components import build_datamodule, resolve_device, setup_ru
 log = logging.getLogger(__name__)
 
 
+def check_embed(cfg: DictConfig) -> tuple[ImageDataModule, Encoder]:
+    """Every check ``selfsup-embed`` makes before it extracts features; the data and the encoder."""
+    check_embed_config(cfg)
+    datamodule = build_datamodule(cfg, [str(cfg.split)])
+    encoder = export.load(Path(cfg.encoder_path))
+    try:
+        encoder.check_layers([str(cfg.layer)])
+    except ValueError as e:
+        raise ConfigError("layer", str(e)) from None
+    return datamodule, encoder
+
+
 def embed(cfg: DictConfig) -> dict[str, Any]:
     """Write ``<run dir>/embeddings.npz`` for ``cfg.split`` of ``cfg.data`` and, unless
     ``cfg.projection.method`` is null, ``embedding_<method>.png``."""
-    check_embed_config(cfg)
-    split, method = str(cfg.split), cfg.projection.method
+    datamodule, encoder = check_embed(cfg)
+    split, method, layer = str(cfg.split), cfg.projection.method, str(cfg.layer)
     path = Path(cfg.encoder_path)
     setup_runtime(cfg)
-    datamodule = build_datamodule(cfg, [split])
-    encoder = export.load(path)
-    layer = str(cfg.layer)
-    try:
-        encoder.check_layers([layer])
-    except ValueError as e:
-        raise ConfigError("layer", str(e)) from None
     grids = probe_grids(encoder, datamodule.image_size, [layer], cfg.pool_grid)
     features = extract_features(
         encoder,

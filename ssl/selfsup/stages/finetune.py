@@ -172,18 +172,23 @@ def _fit_and_test(model: FineTuner, splits: LabeledSplits, cfg: DictConfig, log_
     }
 
 
-def finetune(cfg: DictConfig) -> dict[str, Any]:
-    """``selfsup-finetune``: fine-tune the exported encoders ``cfg.encoders`` (label -> folder).
-
-    Writes the ``finetune`` section of ``<run dir>/metrics.json`` and returns it.
-    """
+def check_finetune(cfg: DictConfig) -> tuple[dict[str, str], ImageDataModule]:
+    """Every check ``selfsup-finetune`` makes before it trains; the encoders and the labeled data."""
     check_finetune_config(cfg)
     encoders = require_encoders(
         cfg, "no encoder to fine-tune; add one with +encoders.<label>=<export folder>"
     )
     check_finetune_exports(encoders, select(cfg, f"{KEY}.freeze_until"), int(select(cfg, "data.image_size")))
+    return encoders, build_datamodule(cfg, ["train", "test"])
+
+
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """``selfsup-finetune``: fine-tune the exported encoders ``cfg.encoders`` (label -> folder).
+
+    Writes the ``finetune`` section of ``<run dir>/metrics.json`` and returns it.
+    """
+    encoders, datamodule = check_finetune(cfg)
     setup_runtime(cfg)
-    datamodule = build_datamodule(cfg, ["train", "test"])
     run_dir = RunDir.from_config(cfg)
     results = finetune_encoders(encoders, datamodule, cfg.eval.finetune, run_dir).to_dict()
     run_dir.update_metrics("finetune", results)

@@ -22,13 +22,14 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from selfsup.config import check_eval_config, check_finetune_config, check_projection, select
+from selfsup.data.datamodule import ImageDataModule
 from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import project_2d, subsample
 from selfsup.eval.results import KnnResults, ProbeResults
 from selfsup.reports import plots
 from selfsup.reports.report import Table, cell, knn_table, probe_table, write_report
 from selfsup.run_dir import RunDir
-from selfsup.stages.components import build_datamodule, build_encoder
+from selfsup.stages.components import build_datamodule, build_encoder, pretext_input_size
 from selfsup.stages.pretrain import first_process, pretrain
 from selfsup.stages.probe import evaluate_frozen, resolve_layers
 
@@ -84,13 +85,26 @@ def downstream_key(cfg: DictConfig) -> str:
     return "downstream" if cfg.get("downstream") is not None else "data"
 
 
+def check_evaluation(cfg: DictConfig) -> tuple[ImageDataModule, list[str]]:
+    """Every check of the evaluation half, before pretraining: settings, layers, projection, labeled data.
+
+    Fails now, not after pretraining, if labeled data is missing or its splits disagree on the
+    classes. Returns the labeled data and its classes. A sweep's up-front check calls it too.
+    """
+    check_eval_config(cfg)
+    check_eval_against_encoder(cfg)
+    check_projection(cfg, "report.embedding", "report.max_points")
+    datamodule = build_datamodule(cfg, ["train", "test"], downstream_key(cfg))
+    return datamodule, datamodule.classes()
+
+
 def check_eval_against_encoder(cfg: DictConfig) -> None:
     """The evaluation images fit, and probe layers and ``freeze_until`` name stages of, the encoder about to be pretrained.
 
     Checked on a freshly built encoder before pretraining, so that a layer name from another encoder
     family (``stage3`` for a ViT) fails in a second rather than after the whole pretraining run.
     """
-    encoder = build_encoder(cfg, check_image_size=False)
+    encoder = build_encoder(cfg, pretext_input_size(cfg))  # as pretraining will build it
     key = downstream_key(cfg)
     try:
         encoder.check_image_size(int(select(cfg, f"{key}.image_size")))
@@ -113,13 +127,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     run_dir = RunDir.from_config(cfg)
-    check_eval_config(cfg)
-    check_eval_against_encoder(cfg)
-    check_projection(cfg, "report.embedding", "report.max_points")
-    key = downstream_key(cfg)
-    # Fail now, not after pretraining, if labeled data is missing or its splits disagree on the classes.
-    datamodule = build_datamodule(cfg, ["train", "test"], key)
-    classes = datamodule.classes()
+    datamodule, classes = check_evaluation(cfg)
     # One process writes the run directory from pretraining to the report (pretrain re-enters the lock).
     with run_dir.locked() if first_process() else contextlib.nullcontext():
         return _pretrain_and_evaluate(cfg, run_dir, datamodule, classes, started)

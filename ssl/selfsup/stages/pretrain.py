@@ -22,11 +22,11 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup.atomic import atomic_write_text, raise_if_disk_full, remove_stale_temps
-from selfsup.config import check_complete, check_training, select
+from selfsup.config import check_complete, select
 from selfsup.encoders import export
 from selfsup.errors import CheckpointError, ConfigError, Interrupted
 from selfsup.run_dir import RunDir
-from selfsup.stages.components import build_datamodule, build_encoder, build_task, setup_runtime
+from selfsup.stages.components import build_pretraining, setup_runtime
 from selfsup.training.callbacks import Throughput
 from selfsup.training.checkpoint_io import check_checkpoint, newest_readable
 from selfsup.training.faults import GracefulInterrupt, NonFiniteGuard
@@ -120,11 +120,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     check_complete(cfg)
     run = RunDir.from_config(cfg)
-    check_training(cfg)
     setup_runtime(cfg)
-    encoder = build_encoder(cfg, check_image_size=False)  # the task checks what its encoder will see
-    datamodule = build_datamodule(cfg, ["pretrain"])
-    task = build_task(cfg, encoder)
+    parts = build_pretraining(cfg)
+    task, datamodule = parts.task, parts.datamodule
     trainer = _build_trainer(cfg)
     with run.locked() if first_process() else contextlib.nullcontext():
         for folder in (run.root, run.checkpoint_dir, run.encoder, run.encoder_init):
@@ -195,6 +193,7 @@ def _train_and_export(
             for k, v in trainer.callback_metrics.items()
             if k.startswith("train/")
         },
+        "chance": task.chance_levels(),  # of the accuracies above: what guessing scores
     }
     if trainer.is_global_zero:
         meta = {

@@ -37,8 +37,16 @@ log = logging.getLogger(__name__)
 def resolve_layers(
     requested: str | Sequence[str], encoder: Encoder, key: str = "eval.linear_probe.layers"
 ) -> list[str]:
-    """``all`` means every stage plus ``pooled``; names are checked against the encoder."""
-    layers = [*encoder.stage_names, "pooled"] if requested == "all" else list(requested)
+    """``all``: every stage plus ``pooled``; ``default``: the encoder's :attr:`~Encoder.probe_layers`.
+
+    Names are checked against the encoder.
+    """
+    if requested == "all":
+        layers = [*encoder.stage_names, "pooled"]
+    elif requested == "default":
+        layers = list(encoder.probe_layers)
+    else:
+        layers = list(requested)
     try:
         encoder.check_layers(layers)
     except ValueError as e:
@@ -274,17 +282,22 @@ def _augmented_run(
     return {layer: float(scores[f"top1/{layer}"]) for layer in layers}
 
 
+def check_probe(cfg: DictConfig) -> tuple[dict[str, str], ImageDataModule]:
+    """Every check ``selfsup-probe`` makes before it extracts features; the encoders and the labeled data."""
+    check_eval_config(cfg)
+    encoders = require_encoders(
+        cfg, "name at least one exported encoder, e.g. +encoders.mine=outputs/runs/<run>/encoder"
+    )
+    return encoders, build_datamodule(cfg, ["train", "test"])
+
+
 def probe(cfg: DictConfig) -> dict[str, Any]:
     """``selfsup-probe``: linear probes and kNN of the exported encoders ``cfg.encoders`` (label -> folder).
 
     Returns the metrics.json sections it wrote: ``linear_probe``, ``knn`` and ``eval_timing``.
     """
-    check_eval_config(cfg)
+    encoders, datamodule = check_probe(cfg)
     setup_runtime(cfg)
-    encoders = require_encoders(
-        cfg, "name at least one exported encoder, e.g. +encoders.mine=outputs/runs/<run>/encoder"
-    )
-    datamodule = build_datamodule(cfg, ["train", "test"])
     results, _ = evaluate_frozen(encoders, datamodule, cfg.eval, cfg.paths.cache_dir)
     sections = results.sections()
     run_dir = RunDir.from_config(cfg)

@@ -49,34 +49,45 @@ TRACEBACK_LINES = 8  # the last lines of a failed job's traceback kept in its me
 
 
 def check_pretraining(cfg: DictConfig) -> None:
-    """What :func:`selfsup.stages.pretrain.pretrain` checks before it trains (its own check functions)."""
-    from selfsup.config import check_complete, check_training
-    from selfsup.stages.components import build_datamodule, build_encoder, build_task
+    """What :func:`selfsup.stages.pretrain.pretrain` checks before it trains (the same function)."""
+    from selfsup.stages.components import build_pretraining
 
-    check_complete(cfg)
-    check_training(cfg)
-    encoder = build_encoder(cfg, check_image_size=False)  # the task checks what its encoder will see
-    build_datamodule(cfg, ["pretrain"])
-    build_task(cfg, encoder)
+    build_pretraining(cfg)
 
 
 def check_pipeline(cfg: DictConfig) -> None:
     """What :func:`selfsup.stages.pipeline.run` checks before pretraining, then the pretraining checks."""
-    from selfsup.config import check_eval_config, check_projection
-    from selfsup.stages.components import build_datamodule
-    from selfsup.stages.pipeline import check_eval_against_encoder, downstream_key
+    from selfsup.stages.pipeline import check_evaluation
 
-    check_eval_config(cfg)
-    check_eval_against_encoder(cfg)
-    check_projection(cfg, "report.embedding", "report.max_points")
-    build_datamodule(cfg, ["train", "test"], downstream_key(cfg))
+    check_evaluation(cfg)
     check_pretraining(cfg)
 
 
 # The up-front check of each command's config (hydra.job.config_name); other commands are composed only.
+def check_probe(cfg: DictConfig) -> None:
+    from selfsup.stages.probe import check_probe
+
+    check_probe(cfg)
+
+
+def check_finetune(cfg: DictConfig) -> None:
+    from selfsup.stages.finetune import check_finetune
+
+    check_finetune(cfg)
+
+
+def check_embed(cfg: DictConfig) -> None:
+    from selfsup.stages.embed import check_embed
+
+    check_embed(cfg)
+
+
 STAGE_CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "pipeline": check_pipeline,
     "pretrain": check_pretraining,
+    "probe": check_probe,
+    "finetune": check_finetune,
+    "embed": check_embed,
 }
 
 

@@ -8,15 +8,21 @@ The contract (README "Adding a pretext task"; ``tasks/template.py.txt`` is a tas
 
 1. **Constructor.** ``__init__(self, encoder, <task settings>, optim=None, schedule=None)`` and
    ``super().__init__(encoder, optim, schedule)``: the framework builds every task as
-   ``task(encoder=..., optim=..., schedule=...)`` with the yaml's values as the other arguments.
+   ``task(encoder=..., optim=..., schedule=...)`` with the yaml's values as the other arguments,
+   and ``image_size=`` (``data.image_size``, the side of the images it receives) when the
+   constructor has that parameter: the task yaml does not repeat it.
 2. **Heads are child modules** (``self.head = ...``, or an ``nn.ModuleList``/``nn.ModuleDict``):
    :meth:`PretextTask.heads` returns every child but the encoder, and the optimizer trains exactly
    those and the encoder. A tensor that must be saved but not trained is a buffer.
 3. **Refusals in** :meth:`PretextTask.check_input`: raise ``ValueError`` saying why a configuration
    cannot work (image size, encoder family, patch grid); it runs before training and becomes a
    config error naming ``data.image_size``. The constructor raises ``ValueError`` for bad settings.
+   A task that feeds its encoder something smaller than the images (tiles, crops) says how large in
+   :meth:`PretextTask.encoder_input_size`, so that the encoder is built for it (``auto`` settings).
 4. **Metrics.** ``pretext_step`` returns ``StepOutput(loss, {name: scalar})``; they are logged as
    ``train/loss`` and ``train/<name>`` (an accuracy: ``<what>_acc`` in [0, 1], e.g. ``rotation_acc``).
+   An accuracy's chance level comes from :meth:`PretextTask.chance_levels`: it is recorded beside
+   it in metrics.json, and the sweep summary compares tasks by accuracy against chance, never by loss.
 5. **Randomness.** Every random pretext choice (rotation, mask, puzzle) is drawn from the samples'
    keys (:mod:`selfsup.training.randomness`: ``integers``/``uniform``/``bits`` with a *purpose*),
    which the training loader puts in each batch: a sample gets the same targets on one process or
@@ -36,7 +42,7 @@ Nothing central is edited for a new task: the every-task tests build and train i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +102,17 @@ class PretextTask(pl.LightningModule):
         """
         raise NotImplementedError
 
+    @classmethod
+    def encoder_input_size(cls, image_size: int, settings: Mapping[str, Any]) -> int:
+        """The side in px of what this task feeds its encoder, for ``image_size`` px images.
+
+        Called before the encoder is built, with the task's config (``settings``), so that the encoder
+        can adapt (``encoder.cifar_stem: auto``, a ViT's ``image_size: auto``). By default the encoder
+        sees the images; a task that cuts smaller inputs (tiles, crops) says how large they are.
+        Raise ``ValueError`` when ``settings`` cannot work on such images.
+        """
+        return image_size
+
     def check_input(self, image_size: int) -> None:
         """Raise ``ValueError`` saying why when this task cannot work on images of ``image_size`` px.
 
@@ -103,6 +120,10 @@ class PretextTask(pl.LightningModule):
         crops) overrides this to check what the encoder will actually get.
         """
         self.encoder.check_image_size(image_size)
+
+    def chance_levels(self) -> dict[str, float]:
+        """Chance level in [0, 1] of each accuracy ``pretext_step`` logs (``{"rotation_acc": 0.25}``)."""
+        return {}
 
     # -- shared --------------------------------------------------------------------------------
     def encode(self, inputs: Tensor) -> Tensor:

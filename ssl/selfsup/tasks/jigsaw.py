@@ -32,8 +32,9 @@ picture of puzzles with their true and predicted order is drawn by a callback th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +213,15 @@ class Jigsaw(PretextTask):
         )
         self.classifier = mlp(self.geometry.num_tiles * tile_dim, list(head_hidden_dims), num_permutations)
 
+    @classmethod
+    def encoder_input_size(cls, image_size: int, settings: Mapping[str, Any]) -> int:
+        """The tile side: the encoder sees tiles, not images."""
+        geometry = PuzzleGeometry.fit(
+            image_size, settings["grid_size"], settings.get("cell_size"), settings.get("tile_size")
+        )
+        geometry.check(image_size)
+        return geometry.tile_size
+
     def check_input(self, image_size: int) -> None:
         self.geometry.check(image_size)
         tile = self.geometry.tile_size
@@ -259,6 +269,9 @@ class Jigsaw(PretextTask):
             "tile_acc": (self.permutations[predicted] == puzzles.order).float().mean(),
         }
         return StepOutput(loss, metrics)
+
+    def chance_levels(self) -> dict[str, float]:
+        return {"jigsaw_acc": 1 / len(self.permutations)}
 
     def configure_callbacks(self) -> list[Callback]:
         if self.report_puzzles <= 0:

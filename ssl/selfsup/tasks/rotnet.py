@@ -100,3 +100,6 @@ class RotNet(PretextTask):
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()
         return StepOutput(loss, {"rotation_acc": accuracy})
+
+    def chance_levels(self) -> dict[str, float]:
+        return {"rotation_acc": 1 / 4}
