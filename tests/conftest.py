@@ -38,6 +38,8 @@ FAST = [
 def test_datamodule(**kwargs: Any) -> ImageDataModule:
     """An :class:`ImageDataModule` for tests: no splits, 32 px, in-process loading, ImageNet statistics.
 
+    No validation hold-out (``val_fraction=0``): ``train`` is the whole train source.
+
     The DataModule itself has no defaults for what the data yamls configure; tests override these.
     """
     settings: dict[str, Any] = dict(
@@ -56,6 +58,7 @@ def test_datamodule(**kwargs: Any) -> ImageDataModule:
         persistent_workers=False,
         path=None,
         seed=0,
+        val_fraction=0.0,
     )
     return ImageDataModule(**{**settings, **kwargs})
 

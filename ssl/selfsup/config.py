@@ -103,6 +103,11 @@ def check_data(cfg: DictConfig, key: str = "data") -> None:
     for cap in ("max_images", "max_train_images", "max_test_images"):
         if select(cfg, f"{key}.{cap}") is not None:
             require_positive_int(cfg, f"{key}.{cap}")
+    fraction = select(cfg, f"{key}.val_fraction")
+    if fraction is not None and (
+        isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1
+    ):
+        raise ConfigError(f"{key}.val_fraction", f"must be a number in [0, 1), got {fraction!r}")
     if select(cfg, f"{key}.subset_seed") is not None:
         require_positive_int(cfg, f"{key}.subset_seed", allow_zero=True)
     require_choice(cfg, f"{key}.crop", CROPS)

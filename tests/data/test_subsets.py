@@ -101,7 +101,7 @@ def test_capped_splits_from_the_config(make_cfg) -> None:
     from selfsup.stages.components import build_datamodule
     from tests.conftest import FAST
 
-    overrides = [*FAST, "data.train.num_images=100", "data.test.num_images=60"]
+    overrides = [*FAST, "data.train.num_images=100", "data.test.num_images=60", "data.val_fraction=0"]
     full = build_datamodule(make_cfg(overrides), ["pretrain", "train", "test"])
     caps = ["data.max_images=10", "data.max_train_images=20", "data.max_test_images=30"]
     capped = build_datamodule(make_cfg([*overrides, *caps]), ["pretrain", "train", "test"])
@@ -127,3 +127,37 @@ def test_a_bad_cap_is_named(make_cfg, bad: str) -> None:
 
     with pytest.raises(ConfigError, match=rf"'{bad.split('=')[0]}': must be a positive integer"):
         build_datamodule(make_cfg([*FAST, bad]), ["pretrain"])
+
+
+# -- the validation split -----------------------------------------------------------------------------
+def test_validation_is_a_seeded_stratified_hold_out_disjoint_from_train_and_test(make_cfg) -> None:
+    from selfsup.stages.components import build_datamodule
+    from tests.conftest import FAST
+
+    overrides = [*FAST, "data.train.num_images=200", "data.test.num_images=40"]
+    dm = build_datamodule(make_cfg(overrides), ["train", "test"])
+    assert dm.has("val")
+    train, val, test = (dm.source(s) for s in ("train", "val", "test"))
+    assert len(val) == 20 and len(train) == 180, "10 % held out (data.val_fraction: 0.1)"
+    assert Counter(source_labels(val).tolist()) == {c: 5 for c in range(4)}, "stratified"
+    train_names = {train.name(i) for i in range(len(train))}
+    val_names = {val.name(i) for i in range(len(val))}
+    test_names = {test.name(i) for i in range(len(test))}
+    assert not train_names & val_names and not val_names & test_names, "disjoint"
+    assert len(train_names | val_names) == 200, "train and val cover the labeled train images"
+    again = build_datamodule(make_cfg([*overrides, "seed=7"]), ["train"]).source("val")
+    assert torch.equal(again.indices, val.indices), "the same for every run seed (and every encoder)"
+    other = build_datamodule(make_cfg([*overrides, "data.subset_seed=3"]), ["train"]).source("val")
+    assert not torch.equal(other.indices, val.indices)
+    assert val.fingerprint() not in (train.fingerprint(), dm.source("test").fingerprint())
+    none = build_datamodule(make_cfg([*overrides, "data.val_fraction=0"]), ["train"])
+    assert not none.has("val") and len(none.source("train")) == 200
+
+
+def test_a_bad_val_fraction_is_named(make_cfg) -> None:
+    from selfsup.errors import ConfigError
+    from selfsup.stages.components import build_datamodule
+    from tests.conftest import FAST
+
+    with pytest.raises(ConfigError, match=r"'data.val_fraction': must be a number in \[0, 1\), got 1.5"):
+        build_datamodule(make_cfg([*FAST, "data.val_fraction=1.5"]), ["train"])

@@ -74,7 +74,7 @@ def test_comparison_is_computed_once_and_round_trips() -> None:
         },
     ).compared("pretrained", "random_init")
     c = probe.comparison
-    assert c is not None and c.best_layer == "stage3" and c.best_gain == 20.0
+    assert c is not None and c.best_layer is None and c.best_gain is None, "no validation: nothing is chosen"
     assert c.layers["stage2"].verdict == WITHIN_NOISE  # gain 1 < 2 * std 0.71, and the ranges overlap
     assert c.layers["stage3"].cell() == "+20.00"
     data = _json_round_trip(probe.to_dict())
@@ -86,10 +86,48 @@ def test_comparison_is_computed_once_and_round_trips() -> None:
         "gain_stage2": 1.0,
         "probe_stage3": 60.5,
         "gain_stage3": 20.0,
-        "probe_best": 60.5,
-        "probe_best_std": 0.71,  # the seed spread, for the summary's error bars
-        "probe_best_layer": "stage3",
     }
+
+
+def _validated(layers: dict[str, tuple[float, float]]) -> EncoderProbe:
+    """Probes with (validation, test) top-1 per layer."""
+    return EncoderProbe(
+        {
+            name: LayerResult(SeedStats.of([test, test + 1]), 8, 1, SeedStats.of([val, val + 1]))
+            for name, (val, test) in layers.items()
+        }
+    )
+
+
+def test_the_best_layer_is_chosen_on_validation_never_on_test() -> None:
+    # stage3 is best on test, stage2 on validation: validation chooses.
+    probe = ProbeResults(
+        "cached",
+        (0, 1),
+        {
+            "pretrained": _validated({"stage2": (70.0, 50.0), "stage3": (60.0, 60.0)}),
+            "random_init": _validated({"stage2": (40.0, 45.0), "stage3": (40.0, 40.0)}),
+        },
+    ).compared("pretrained", "random_init")
+    c = probe.comparison
+    assert c is not None and c.best_layer == "stage2" and c.best_gain == 5.0
+    data = _json_round_trip(probe.to_dict())
+    assert data["encoders"]["pretrained"]["layers"]["stage2"]["val"]["top1_mean"] == 70.5
+    assert ProbeResults.from_dict(data) == probe and probe.has_validation()
+    header, rows = probe_table(probe)
+    assert header == [
+        "layer",
+        "dim",
+        "pretrained val",
+        "pretrained test",
+        "random_init val",
+        "random_init test",
+        "gain (test)",
+    ]
+    assert rows[0] == ["stage2 *", 8, "70.50 ± 0.71", "50.50 ± 0.71", "40.50 ± 0.71", "45.50 ± 0.71", "+5.00"]
+    headline = headline_metrics({"linear_probe": data})
+    assert headline["probe_best_layer"] == "stage2" and headline["probe_best_val"] == 70.5
+    assert headline["probe_best"] == 50.5, "the chosen layer's test accuracy is reported"
 
 
 def test_comparison_needs_a_shared_layer() -> None:
@@ -112,8 +150,21 @@ def test_knn_labels_that_were_metadata_keys_survive_and_gains() -> None:
     )
     versus = KnnResults("pooled", (20,), 0.07, {"p": {20: 40.25}, "r": {20: 30.5}}, versus=("p", "r"))
     assert versus.gains() == {20: 9.75}
-    assert knn_table(versus) == (["k", "p", "r", "gain"], [[20, 40.25, 30.5, "+9.75"]])
+    assert knn_table(versus) == (["k", "p", "r", "gain (test)"], [[20, 40.25, 30.5, "+9.75"]])
     assert KnnResults.from_dict(_json_round_trip(versus.to_dict())) == versus
+    validated = KnnResults(
+        "pooled",
+        (20,),
+        0.07,
+        {"p": {20: 40.25}, "r": {20: 30.5}},
+        ("p", "r"),
+        val={"p": {20: 41.0}, "r": {20: 31.0}},
+    )
+    assert KnnResults.from_dict(_json_round_trip(validated.to_dict())) == validated
+    assert knn_table(validated) == (
+        ["k", "p val", "p test", "r val", "r test", "gain (test)"],
+        [[20, 41.0, 40.25, 31.0, 30.5, "+9.75"]],
+    )
 
 
 def test_finetune_labels_that_are_setting_names_survive_a_round_trip() -> None:

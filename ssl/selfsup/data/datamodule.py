@@ -24,19 +24,23 @@ from torch.utils.data import DataLoader, Subset
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.sampler import EpochSampler, ResumableLoader
 from selfsup.data.sources import ImageSource, SubsetImages
-from selfsup.data.subsets import capped_indices, source_labels
+from selfsup.data.subsets import capped_indices, source_labels, stratified_fraction
 from selfsup.data.transforms import CROPS, KeyedAugmentation, eval_transform, normalize
 from selfsup.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[], ImageSource]
-SPLITS = ("pretrain", "train", "test")
+SPLITS = ("pretrain", "train", "val", "test")
 CAP_KEYS = {"pretrain": "max_images", "train": "max_train_images", "test": "max_test_images"}
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Images for pretraining (``pretrain``) and for downstream stages (``train``, ``test``).
+    """Images for pretraining (``pretrain``) and for downstream stages (``train``, ``val``, ``test``).
+
+    ``val`` chooses (the best layer, settings); ``test`` is only reported. Unless a ``val`` source is
+    configured, it is a seeded, class-stratified ``val_fraction`` of the labeled ``train`` images,
+    which ``train`` then leaves out (:meth:`source`).
 
     Every argument is keyword-only; those the data yamls set differently (conf/data/) have no default.
 
@@ -44,6 +48,9 @@ class ImageDataModule(pl.LightningDataModule):
         pretrain: source of the pretraining images (labels, if any, are ignored).
         train: labeled source for downstream training (probes, fine-tuning), or None.
         test: labeled source for downstream testing, or None.
+        val: labeled source for validation; None holds ``val_fraction`` of ``train`` out instead.
+        val_fraction: share of each class of ``train`` held out as ``val`` (drawn with
+            ``subset_seed``) when no ``val`` source is given; 0 gives no validation split.
         image_size: side of the square crops fed to the encoder.
         batch_size: images per step per device.
         num_workers: decoding processes; 0 decodes in the main process.
@@ -94,13 +101,18 @@ class ImageDataModule(pl.LightningDataModule):
         crop_padding: int = 4,
         on_bad_image: str = "skip",
         download: bool = False,
+        val: SourceFactory | None = None,
+        val_fraction: float = 0.1,
         max_images: int | None = None,
         max_train_images: int | None = None,
         max_test_images: int | None = None,
         subset_seed: int = 0,
     ) -> None:
         super().__init__()
-        self.factories = {"pretrain": pretrain, "train": train, "test": test}
+        self.factories = {"pretrain": pretrain, "train": train, "val": val, "test": test}
+        if not 0 <= val_fraction < 1:
+            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {val_fraction}")
+        self.val_fraction = float(val_fraction)
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.crop_scale, self.crop_ratio, self.hflip = tuple(crop_scale), tuple(crop_ratio), hflip
         if crop not in CROPS:
@@ -123,6 +135,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     # -- sources -------------------------------------------------------------------------------
     def has(self, split: str) -> bool:
+        if split == "val" and self.factories["val"] is None:
+            return self.val_fraction > 0 and self.factories["train"] is not None
         return self.factories[split] is not None
 
     def source(self, split: str) -> ImageSource:
@@ -130,19 +144,46 @@ class ImageDataModule(pl.LightningDataModule):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if split not in self._sources:
-            factory = self.factories[split]
-            if factory is None:
-                raise DataError(f"no '{split}' data is configured (data.{split} is null)")
-            self._sources[split] = self._capped(split, factory())
-            if split != "pretrain" and not self._sources[split].labeled:
-                raise DataError(
-                    f"data.{split} must be labeled for downstream stages, but its source has no classes"
-                )
+            if split in ("train", "val") and self.factories["val"] is None and self.val_fraction > 0:
+                self._hold_out_val()
+            elif split == "val" and not self.has("val"):
+                raise DataError("no 'val' data is configured (data.val is null and data.val_fraction is 0)")
+            else:
+                self._sources[split] = self._opened(split)
         return self._sources[split]
+
+    def _opened(self, split: str) -> ImageSource:
+        """The split's own source, capped, and checked to be labeled if downstream stages read it."""
+        factory = self.factories[split]
+        if factory is None:
+            raise DataError(f"no '{split}' data is configured (data.{split} is null)")
+        source = self._capped(split, factory())
+        if split != "pretrain" and not source.labeled:
+            raise DataError(
+                f"data.{split} must be labeled for downstream stages, but its source has no classes"
+            )
+        return source
+
+    def _hold_out_val(self) -> None:
+        """``val``: ``val_fraction`` of each class of ``train`` (seeded); ``train``: the rest."""
+        full = self._opened("train")
+        labels = source_labels(full)
+        held = stratified_fraction(labels, self.val_fraction, self.subset_seed)
+        rest = torch.ones(len(full), dtype=torch.bool)
+        rest[held] = False
+        why = f"val_fraction={self.val_fraction}, subset_seed={self.subset_seed}"
+        self._sources["val"] = SubsetImages(full, held, f"val: {why}")
+        self._sources["train"] = SubsetImages(
+            full, torch.nonzero(rest).flatten(), f"train without val: {why}"
+        )
+        log.info(
+            "validation split: %d of %d labeled train images held out (data.val_fraction=%g, stratified, "
+            "data.subset_seed=%d)", len(held), len(full), self.val_fraction, self.subset_seed,
+        )  # fmt: skip
 
     def _capped(self, split: str, source: ImageSource) -> ImageSource:
         """``source``, or a seeded subset of at most the split's cap (stratified by class when labeled)."""
-        cap = self.caps[split]
+        cap = self.caps.get(split)
         if cap is None or cap >= len(source):
             return source
         key = CAP_KEYS[split]

@@ -261,6 +261,7 @@ class LabeledSplits(pl.LightningDataModule):
         data: with labeled ``train`` and ``test`` splits.
         train_indices: indices into the train split, or None for all of it.
         batch_size: images per step (default: the datamodule's).
+        test_split: the split ``test_dataloader`` scores: ``test``, or ``val``.
     """
 
     def __init__(
@@ -268,9 +269,10 @@ class LabeledSplits(pl.LightningDataModule):
         data: ImageDataModule,
         train_indices: Sequence[int] | Tensor | None = None,
         batch_size: int | None = None,
+        test_split: str = "test",
     ) -> None:
         super().__init__()
-        self.data = data
+        self.data, self.test_split = data, test_split
         self.train_indices = None if train_indices is None else [int(i) for i in train_indices]
         self.batch_size = batch_size or data.batch_size
 
@@ -288,7 +290,11 @@ class LabeledSplits(pl.LightningDataModule):
         )
 
     def test_dataloader(self) -> DataLoader:
-        return self.data.labeled_dataloader("test", augment=False, batch_size=self.batch_size)
+        return self.data.labeled_dataloader(self.test_split, augment=False, batch_size=self.batch_size)
+
+    def scoring(self, split: str) -> LabeledSplits:
+        """The same training images, scoring ``split`` instead."""
+        return LabeledSplits(self.data, self.train_indices, self.batch_size, test_split=split)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         return self.data.prepare_batch(batch)

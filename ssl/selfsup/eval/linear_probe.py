@@ -102,8 +102,11 @@ def fit_linear_probes(
     device: torch.device | str = "cpu",
     optimizer: str = "adamw",
     on_epoch: Callable[[], None] | None = None,
+    val: FeatureSet | None = None,
 ) -> dict[str, float]:
     """Train one probe per layer of ``train`` with a cosine schedule; test top-1 per layer.
+
+    With ``val``, the same trained probes are scored on it too, under ``val/<layer>`` keys.
 
     The features are already in memory, so this is a plain loop over index batches: a Lightning
     Trainer would add more per-step overhead than the linear layers themselves cost.
@@ -122,7 +125,7 @@ def fit_linear_probes(
         on_epoch: called after each epoch (progress reporting).
 
     Returns:
-        layer -> test top-1 accuracy in percent.
+        layer -> test top-1 accuracy in percent (and ``val/<layer>`` -> validation top-1 with ``val``).
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
@@ -148,4 +151,7 @@ def fit_linear_probes(
             scheduler.step()
         if on_epoch is not None:
             on_epoch()
-    return top1_per_layer(probe, test, device=device)
+    scores = top1_per_layer(probe, test, device=device)
+    if val is not None:
+        scores |= {f"val/{layer}": top1 for layer, top1 in top1_per_layer(probe, val, device=device).items()}
+    return scores

@@ -15,18 +15,32 @@ from selfsup.eval.stats import Gain, SeedStats, compare
 
 @dataclass(frozen=True)
 class LayerResult:
-    """Linear-probe top-1 of one layer over seeds, with the probe's input size and pooling grid."""
+    """Linear-probe top-1 of one layer over seeds, with the probe's input size and pooling grid.
+
+    ``top1`` is on the test split (reported only); ``val`` on the validation split (what chooses),
+    None when the data has no validation split.
+    """
 
     top1: SeedStats
     dim: int
     grid: int
+    val: SeedStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.top1.to_dict(), "dim": self.dim, "grid": self.grid}
+        out = {**self.top1.to_dict(), "dim": self.dim, "grid": self.grid}
+        if self.val is not None:
+            out["val"] = self.val.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerResult:
-        return cls(SeedStats.from_dict(data), int(data["dim"]), int(data["grid"]))
+        val = data.get("val")
+        return cls(
+            SeedStats.from_dict(data),
+            int(data["dim"]),
+            int(data["grid"]),
+            None if val is None else SeedStats.from_dict(val),
+        )
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,13 @@ class EncoderProbe:
     """The probes of one encoder: layer -> result, in the order the layers were probed."""
 
     layers: dict[str, LayerResult]
+
+    def best_layer(self, among: list[str] | None = None) -> str | None:
+        """The layer with the best mean validation top-1 (among ``among``); None without validation."""
+        names = list(self.layers) if among is None else among
+        if not names or any(self.layers[n].val is None for n in names):
+            return None
+        return max(names, key=lambda n: self.layers[n].val.mean)  # type: ignore[union-attr]
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": {name: result.to_dict() for name, result in self.layers.items()}}
@@ -45,27 +66,31 @@ class EncoderProbe:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Per layer, ``encoder`` against ``baseline`` (the pretrained encoder against its random init)."""
+    """Per layer, ``encoder`` against ``baseline`` (the pretrained encoder against its random init).
+
+    The gains are on the test split. ``best_layer`` is ``encoder``'s best layer on the validation
+    split, never on test, or None when there is no validation split to choose on.
+    """
 
     encoder: str
     baseline: str
     layers: dict[str, Gain]
-    best_layer: str
+    best_layer: str | None
 
     @property
-    def best_gain(self) -> float:
-        return self.layers[self.best_layer].gain
+    def best_gain(self) -> float | None:
+        """The test gain at the layer validation chose."""
+        return None if self.best_layer is None else self.layers[self.best_layer].gain
 
     @classmethod
     def of(cls, probe: ProbeResults, encoder: str, baseline: str) -> Comparison:
-        """Gains at every layer both encoders were probed on; the best layer is ``encoder``'s best."""
+        """Gains at every layer both encoders were probed on; the best layer is chosen on validation."""
         mine, theirs = probe.encoders[encoder].layers, probe.encoders[baseline].layers
         shared = [layer for layer in mine if layer in theirs]
         if not shared:
             raise ValueError(f"'{encoder}' and '{baseline}' share no probed layer")
         gains = {layer: compare(mine[layer].top1, theirs[layer].top1) for layer in shared}
-        best = max(shared, key=lambda layer: mine[layer].top1.mean)
-        return cls(encoder, baseline, gains, best)
+        return cls(encoder, baseline, gains, probe.encoders[encoder].best_layer(shared))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,7 +104,7 @@ class Comparison:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Comparison:
         gains = {layer: Gain.from_dict(g) for layer, g in data["layers"].items()}
-        return cls(data["encoder"], data["baseline"], gains, data["best_layer"])
+        return cls(data["encoder"], data["baseline"], gains, data.get("best_layer"))
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,11 @@ class ProbeResults:
     seeds: tuple[int, ...]
     encoders: dict[str, EncoderProbe] = field(default_factory=dict)
     comparison: Comparison | None = None
+
+    def has_validation(self) -> bool:
+        """Whether every probed layer of every encoder was scored on a validation split."""
+        results = [r for e in self.encoders.values() for r in e.layers.values()]
+        return bool(results) and all(r.val is not None for r in results)
 
     def layers(self) -> list[str]:
         """Every probed layer, in order of first appearance over the encoders."""
@@ -125,6 +155,7 @@ class KnnResults:
     """The ``knn`` section: settings and, per encoder, top-1 for each k.
 
     ``versus`` names (encoder, baseline) when the run compares two encoders (the main job).
+    ``encoders`` is on the test split; ``val`` the same on the validation split (empty without one).
     """
 
     layer: str
@@ -132,6 +163,7 @@ class KnnResults:
     temperature: float
     encoders: dict[str, dict[int, float]] = field(default_factory=dict)
     versus: tuple[str, str] | None = None
+    val: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def gains(self) -> dict[int, float]:
         """Per k, top-1 of ``versus[0]`` minus that of ``versus[1]`` ({} without ``versus``)."""
@@ -146,7 +178,10 @@ class KnnResults:
             "ks": list(self.ks),
             "temperature": self.temperature,
             "encoders": {
-                label: {f"top1_k{k}": top1 for k, top1 in scores.items()}
+                label: {
+                    **{f"top1_k{k}": top1 for k, top1 in scores.items()},
+                    **{f"val_top1_k{k}": top1 for k, top1 in self.val.get(label, {}).items()},
+                }
                 for label, scores in self.encoders.items()
             },
         }
@@ -166,12 +201,20 @@ class KnnResults:
                 label: {k: scores[f"top1_k{k}"] for k in ks} for label, scores in data["encoders"].items()
             },
             versus=None if versus is None else (versus[0], versus[1]),
+            val={
+                label: {k: scores[f"val_top1_k{k}"] for k in ks}
+                for label, scores in data["encoders"].items()
+                if all(f"val_top1_k{k}" in scores for k in ks)
+            },
         )
 
 
 @dataclass(frozen=True)
 class EncoderFinetune:
-    """One encoder fine-tuned once per seed: top-1 over seeds, and what the first seed's run did."""
+    """One encoder fine-tuned once per seed: top-1 over seeds, and what the first seed's run did.
+
+    ``top1`` is on the test split; ``val`` on the validation split (None without one).
+    """
 
     top1: SeedStats
     frozen_stages: tuple[str, ...]
@@ -179,9 +222,10 @@ class EncoderFinetune:
     train_images: int
     steps: int
     time_s: float
+    val: SeedStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             **self.top1.to_dict(),
             "frozen_stages": list(self.frozen_stages),
             "stage_lr": dict(self.stage_lr),
@@ -189,6 +233,9 @@ class EncoderFinetune:
             "steps": self.steps,
             "time_s": self.time_s,
         }
+        if self.val is not None:
+            out["val"] = self.val.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderFinetune:
@@ -198,6 +245,7 @@ class EncoderFinetune:
             stage_lr=dict(data["stage_lr"]),
             train_images=int(data["train_images"]),
             steps=int(data["steps"]),
+            val=SeedStats.from_dict(data["val"]) if data.get("val") is not None else None,
             time_s=float(data["time_s"]),
         )
 

@@ -35,20 +35,32 @@ def cell(value: Any) -> str:
 
 
 def probe_table(probe: ProbeResults) -> Table:
-    """Per layer: its size, each encoder's top-1 (mean ± std over seeds) and the gain when compared.
+    """Per layer: its size, each encoder's validation and test top-1 (mean ± std over seeds), the gain.
 
-    A layer an encoder was not probed on is left empty; ``dim`` lists each encoder's size when they differ.
+    A layer an encoder was not probed on is left empty; ``dim`` lists each encoder's size when they
+    differ. Validation columns appear when the data has a validation split; the layer validation
+    chose for the compared encoder is marked ``*``.
     """
     labels = list(probe.encoders)
-    header = ["layer", "dim", *[f"{label} (mean ± std)" for label in labels]]
+    with_val = probe.has_validation()
+    header = ["layer", "dim"]
+    for label in labels:
+        header += [f"{label} val", f"{label} test"] if with_val else [f"{label} (mean ± std)"]
     if probe.comparison is not None:
-        header.append("gain")
+        header.append("gain (test)")
+    best = probe.comparison.best_layer if probe.comparison is not None else None
     rows = []
     for layer in probe.layers():
         results = [probe.encoders[label].layers.get(layer) for label in labels]
         dims = list(dict.fromkeys(r.dim for r in results if r is not None))
-        row: list[Any] = [layer, dims[0] if len(dims) == 1 else " / ".join(map(str, dims))]
-        row += ["" if r is None else r.top1.mean_std() for r in results]
+        row: list[Any] = [
+            f"{layer} *" if layer == best else layer,
+            dims[0] if len(dims) == 1 else " / ".join(map(str, dims)),
+        ]
+        for r in results:
+            if with_val:
+                row.append("" if r is None or r.val is None else r.val.mean_std())
+            row.append("" if r is None else r.top1.mean_std())
         if probe.comparison is not None:
             gain = probe.comparison.layers.get(layer)
             row.append("" if gain is None else gain.cell())
@@ -57,30 +69,77 @@ def probe_table(probe: ProbeResults) -> Table:
 
 
 def knn_table(knn: KnnResults) -> Table:
-    """Per k: each encoder's top-1, and the gain when two encoders are compared."""
+    """Per k: each encoder's validation (when there is one) and test top-1, and the test gain."""
     labels = list(knn.encoders)
     gains = knn.gains()
-    header = ["k", *labels, *(["gain"] if gains else [])]
-    rows = [
-        [k, *[knn.encoders[label][k] for label in labels], *([f"{gains[k]:+.2f}"] if gains else [])]
-        for k in knn.ks
-    ]
+    with_val = bool(knn.val)
+    header = ["k"]
+    for label in labels:
+        header += [f"{label} val", f"{label} test"] if with_val else [label]
+    header += ["gain (test)"] if gains else []
+    rows = []
+    for k in knn.ks:
+        row: list[Any] = [k]
+        for label in labels:
+            if with_val:
+                row.append(knn.val.get(label, {}).get(k, ""))
+            row.append(knn.encoders[label][k])
+        rows.append(row + ([f"{gains[k]:+.2f}"] if gains else []))
     return header, rows
 
 
 def finetune_table(finetune: FinetuneResults) -> Table:
-    """Per encoder: top-1 over seeds, frozen stages, labeled images and steps."""
-    header = ["encoder", "top-1 % (mean ± std over seeds)", "frozen stages", "labeled images", "steps"]
+    """Per encoder: validation (when there is one) and test top-1 over seeds, frozen stages, images, steps."""
+    with_val = all(r.val is not None for r in finetune.encoders.values()) and bool(finetune.encoders)
+    top1 = (
+        ["val top-1 %", "test top-1 % (mean ± std over seeds)"]
+        if with_val
+        else ["top-1 % (mean ± std over seeds)"]
+    )
+    header = ["encoder", *top1, "frozen stages", "labeled images", "steps"]
     rows = [
-        [label, r.top1.mean_std(), ", ".join(r.frozen_stages) or "none", r.train_images, r.steps]
+        [
+            label,
+            *([r.val.mean_std()] if with_val and r.val is not None else []),
+            r.top1.mean_std(),
+            ", ".join(r.frozen_stages) or "none",
+            r.train_images,
+            r.steps,
+        ]
         for label, r in finetune.encoders.items()
     ]
     return header, rows
 
 
+def pretrain_rows(pretrain: Mapping[str, Any]) -> list[list[Any]]:
+    """metrics.json's ``pretrain`` section as rows; each accuracy's chance level goes beside it."""
+    chance = pretrain.get("chance") or {}
+    rows: list[list[Any]] = []
+    for key, value in pretrain.items():
+        if key == "chance":
+            continue
+        if key == "budget" and isinstance(value, Mapping):
+            value = (
+                f"{value['limit']}: {value['steps']} steps = {value['epochs']:.2f} epochs, about "
+                f"{value['seconds'] / 60:.1f} min at {value['images_per_s']:.0f} images/s (estimated early on)"
+            )
+        rows.append([key, f"{value:.4g} (chance {chance[key]:.4g})" if key in chance else value])
+    return rows
+
+
 def probe_intro(probe: ProbeResults) -> str:
     seeds = list(probe.seeds)
-    return f"Top-1 % on the test split over {len(seeds)} probe seeds {seeds}."
+    text = f"Top-1 % over {len(seeds)} probe seeds {seeds}, mean ± std."
+    if probe.has_validation():
+        text += (
+            " The validation split (held out of the labeled train images) chooses; the test split is"
+            " only reported."
+        )
+        if probe.comparison is not None and probe.comparison.best_layer is not None:
+            text += f" `*`: the best layer on validation ({probe.comparison.best_layer})."
+    else:
+        text += " On the test split; no validation split, so no layer is chosen."
+    return text
 
 
 def knn_intro(knn: KnnResults) -> str:
@@ -134,7 +193,7 @@ def write_report(
         parts += [
             "## Pretraining",
             "",
-            markdown_table(["metric", "value"], [[k, v] for k, v in pretrain.items()]),
+            markdown_table(["metric", "value"], pretrain_rows(pretrain)),
             "",
         ]
     parts += _sections(metrics)

@@ -113,12 +113,15 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         knn = KnnResults.from_dict(metrics["knn"])
         main = knn.versus[0] if knn.versus is not None else next(iter(knn.encoders), None)
         if main is not None:
+            out.update({f"knn_val_top1_k{k}": top1 for k, top1 in knn.val.get(main, {}).items()})
             out.update({f"knn_top1_k{k}": top1 for k, top1 in knn.encoders[main].items()})
     if metrics.get("finetune"):
         finetune = FinetuneResults.from_dict(metrics["finetune"])
         out["freeze_until"] = finetune.freeze_until
         out["label_fraction"] = finetune.label_fraction
         for label, r in finetune.encoders.items():
+            if r.val is not None:
+                out[f"finetune_{label}_val"] = r.val.mean
             out[f"finetune_{label}"] = r.top1.mean
             out[f"finetune_{label}_std"] = r.top1.std
     return out
@@ -135,10 +138,12 @@ def _probe_columns(probe: ProbeResults) -> dict[str, Any]:
         out[f"probe_{layer}"] = result.top1.mean
         if probe.comparison is not None and layer in probe.comparison.layers:
             out[f"gain_{layer}"] = probe.comparison.layers[layer].gain
-    best = max(layers, key=lambda layer: layers[layer].top1.mean)
-    out["probe_best"] = layers[best].top1.mean
-    out["probe_best_std"] = layers[best].top1.std
-    out["probe_best_layer"] = best
+    best = probe.encoders[main].best_layer()  # on validation; None without a validation split
+    if best is not None:
+        out["probe_best_val"] = layers[best].val.mean  # type: ignore[union-attr]
+        out["probe_best"] = layers[best].top1.mean
+        out["probe_best_std"] = layers[best].top1.std
+        out["probe_best_layer"] = best
     return out
 
 
@@ -185,8 +190,8 @@ def summarize(sweep_dir: str | Path) -> Path | None:
     if "probe_best" in columns:
         parts += [
             "`probe_best` is the test accuracy of each run's best probed layer (`probe_best_layer`), chosen on",
-            "the test split as in published per-layer tables; compare runs that probe the same layers, or by",
-            "a fixed `probe_<layer>` column.",
+            "the validation split (`probe_best_val`), never on test; compare runs that probe the same layers,",
+            "or by a fixed `probe_<layer>` column.",
             "",
         ]
     if failed:
@@ -203,7 +208,19 @@ def summarize(sweep_dir: str | Path) -> Path | None:
 
 
 def _sort_key(columns: list[str]) -> str | None:
-    """The column runs are ranked by: the best probe, else kNN, fine-tuning, pretext accuracy; else None."""
+    """The column runs are ranked by: the best probe on validation, else kNN, fine-tuning, pretext accuracy.
+
+    Runs are ranked on validation when they have it (``probe_best_val``), never on test alone.
+    """
+    validated = [
+        c
+        for c in columns
+        if c == "probe_best_val"
+        or c.startswith("knn_val_top1")
+        or (c.startswith("finetune_") and c.endswith("_val"))
+    ]
+    if validated:
+        return validated[0]
     ranked = [c for c in columns if c.startswith(("probe_best", "knn_top1", "finetune_", "pretext_acc"))]
     ranked = [c for c in ranked if not c.endswith(("_std", "_layer"))]
     return ranked[0] if ranked else None
@@ -254,7 +271,7 @@ def _figures(
     bars = [
         c
         for c in columns
-        if c.startswith(tuple(TITLES)) and not c.endswith(("_std", "_layer")) and c not in varying
+        if c.startswith(tuple(TITLES)) and not c.endswith(("_std", "_layer", "_val")) and c not in varying
     ]
     for metric in bars:
         figures[metric] = _bars(rows, metric, folder, chance=None)
@@ -264,7 +281,7 @@ def _figures(
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r, context in zip(rows, _series_contexts(rows, varying), strict=True):
         if isinstance(r.get("label_fraction"), (int, float)):
-            for key in (k for k in r if k.startswith("finetune_") and not k.endswith("_std")):
+            for key in (k for k in r if k.startswith("finetune_") and not k.endswith(("_std", "_val"))):
                 setting = f"{key.removeprefix('finetune_')}, frozen until {r.get('freeze_until') or 'nothing'}{context}"
                 points[setting].append((float(r["label_fraction"]), float(r[key])))
     if points:

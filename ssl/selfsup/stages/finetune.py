@@ -44,7 +44,7 @@ def finetune_encoders(
     finetune_cfg: DictConfig,
     run_dir: RunDir,
 ) -> FinetuneResults:
-    """Fine-tune each exported encoder on a label fraction of the train split; top-1 on the test split.
+    """Fine-tune each exported encoder on a label fraction of the train split; top-1 on val and test.
 
     Every encoder is checked (stages, image size) before any is trained.
 
@@ -92,6 +92,7 @@ def finetune_encoders(
         first = runs[0]
         results[label] = EncoderFinetune(
             top1=SeedStats.of([run["top1"] for run in runs]),
+            val=SeedStats.of([run["val_top1"] for run in runs]) if "val_top1" in first else None,
             frozen_stages=tuple(first["frozen_stages"]),
             stage_lr=first["stage_lr"],
             train_images=first["train_images"],
@@ -135,7 +136,7 @@ def _model_factory(
 
 
 def _fit_and_test(model: FineTuner, splits: LabeledSplits, cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
-    """Train ``model`` on the splits' train images, then test it; top-1 in percent.
+    """Train ``model`` on the splits' train images, then score it on val (if any) and test; top-1 in percent.
 
     Args:
         model: a fresh FineTuner.
@@ -163,7 +164,12 @@ def _fit_and_test(model: FineTuner, splits: LabeledSplits, cfg: DictConfig, log_
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         trainer.fit(model, datamodule=splits)
     tested = trainer.test(model, datamodule=splits, verbose=False)
+    validated = {}
+    if splits.data.has("val"):
+        val = trainer.test(model, datamodule=splits.scoring("val"), verbose=False)
+        validated = {"val_top1": 100 * float(val[0]["test/top1"])}
     return {
+        **validated,
         "top1": 100 * float(tested[0]["test/top1"]),
         "frozen_stages": list(model.frozen),
         "stage_lr": model.stage_lrs(),

@@ -57,27 +57,37 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, seconds: float, consol
     """
     if metrics.get("linear_probe"):
         probe = ProbeResults.from_dict(metrics["linear_probe"])
+        splits = "validation and test splits" if probe.has_validation() else "test split"
         console.print(
             rich_table(
-                "Linear probe, top-1 % on the test split (mean ± std over probe seeds)", probe_table(probe)
+                f"Linear probe, top-1 % on the {splits} (mean ± std over probe seeds)", probe_table(probe)
             )
         )
         if probe.comparison is not None:
-            c = probe.comparison
-            mine = probe.encoders[c.encoder].layers[c.best_layer].top1
-            theirs = probe.encoders[c.baseline].layers[c.best_layer].top1
-            gain = c.layers[c.best_layer]
-            console.print(
-                f"best layer {c.best_layer}: {c.encoder.replace('_', ' ')} {mine.mean:.2f} % vs "
-                f"{c.baseline.replace('_', ' ')} {theirs.mean:.2f} % -> gain {gain.gain:+.2f} points "
-                f"(probe noise ± {gain.noise_std:.2f})"
-            )
+            console.print(comparison_line(probe))
     if metrics.get("knn"):
         knn = KnnResults.from_dict(metrics["knn"])
         console.print(
             rich_table(f"kNN on {knn.layer} features, top-1 % (T = {knn.temperature})", knn_table(knn))
         )
     console.print(f"total time {seconds / 60:.1f} min; run directory: {run_dir.resolve()}")
+
+
+def comparison_line(probe: ProbeResults) -> str:
+    """The gain at each probed layer (fixed by the config), and the layer validation chose, if any."""
+    c = probe.comparison
+    assert c is not None
+    gains = ", ".join(f"{layer} {g.gain:+.2f}" for layer, g in c.layers.items())
+    noise = max(g.noise_std for g in c.layers.values())
+    text = f"gain on test ({c.encoder.replace('_', ' ')} - {c.baseline.replace('_', ' ')}): {gains} points (probe noise ± {noise:.2f})"
+    if c.best_layer is None:
+        return text + "; no validation split, so no best layer is chosen"
+    mine = probe.encoders[c.encoder].layers[c.best_layer]
+    assert mine.val is not None
+    return (
+        text
+        + f"; best layer on validation: {c.best_layer} ({mine.val.mean:.2f} % val, {mine.top1.mean:.2f} % test)"
+    )
 
 
 def downstream_key(cfg: DictConfig) -> str:
@@ -189,8 +199,8 @@ def write_run_report(
     method = cfg.report.embedding
     # The map shows the features kNN reads, or the pooled output when kNN does not run.
     layer = cfg.eval.knn.layer if cfg.eval.get("knn") is not None else "pooled"
-    if method is not None and PRETRAINED in features and layer in features[PRETRAINED][1].features:
-        test = features[PRETRAINED][1]
+    if method is not None and PRETRAINED in features and layer in features[PRETRAINED]["test"].features:
+        test = features[PRETRAINED]["test"]
         keep = subsample(len(test), int(cfg.report.max_points), int(cfg.seed))
         points = project_2d(test.features[layer].float().numpy()[keep], method, int(cfg.seed))
         title = f"{method} of the pretrained encoder's {layer} features ({len(keep)} test images)"

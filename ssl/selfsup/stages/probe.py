@@ -59,8 +59,11 @@ def evaluate_frozen(
     datamodule: ImageDataModule,
     eval_cfg: DictConfig,
     cache_dir: str | Path | None,
-) -> tuple[FrozenEval, dict[str, tuple[FeatureSet, FeatureSet]]]:
-    """Linear probes and kNN of each exported encoder on ``datamodule``'s labeled train and test splits.
+) -> tuple[FrozenEval, dict[str, dict[str, FeatureSet]]]:
+    """Linear probes and kNN of each exported encoder on ``datamodule``'s labeled splits.
+
+    Probes and kNN learn from ``train``, are scored on ``val`` (when the data has one: it chooses the
+    best layer) and on ``test`` (reported only).
 
     Args:
         encoders: label -> export folder.
@@ -70,7 +73,7 @@ def evaluate_frozen(
 
     Returns:
         The results (probes: per encoder, per layer, the accuracy over seeds; kNN: per encoder, top-1
-        per k; seconds per part), and each encoder's train and test features for further use (plots).
+        per k; seconds per part), and each encoder's features per split for further use (plots).
     """
     probe_cfg, knn_cfg = eval_cfg.get("linear_probe"), eval_cfg.get("knn")
     # Features are extracted once for both; the probe's settings say how, kNN's when it runs alone.
@@ -81,9 +84,10 @@ def evaluate_frozen(
     augmented = probe_cfg is not None and probe_cfg.mode == "augmented"
     knn_layers = [knn_cfg.layer] if knn_cfg is not None else []
     timing: dict[str, float] = {}
-    features: dict[str, tuple[FeatureSet, FeatureSet]] = {}
+    features: dict[str, dict[str, FeatureSet]] = {}
     probes: dict[str, EncoderProbe] = {}
     knn_scores: dict[str, dict[int, float]] = {}
+    knn_val: dict[str, dict[int, float]] = {}
     for label, path in encoders.items():
         encoder = export.load(path)
         layers = resolve_layers(probe_cfg.layers, encoder) if probe_cfg is not None else []
@@ -109,19 +113,24 @@ def evaluate_frozen(
                     encoder, label, datamodule, layers, grids, num_classes, probe_cfg
                 )
             else:
-                train, test = features[label]
-                probes[label] = _probe(label, train, test, layers, grids, num_classes, probe_cfg)
+                probes[label] = _probe(label, features[label], layers, grids, num_classes, probe_cfg)
             timing[f"{label}_probes_s"] = round(time.perf_counter() - started, 2)
         if knn_cfg is not None:
             started = time.perf_counter()
-            train, test = features[label]
-            layer = knn_cfg.layer
-            with progress.task(f"kNN: {label} / {layer}", len(test), "test images") as advance:
-                accuracy = knn_accuracy(
-                    train.features[layer], train.labels, test.features[layer], test.labels, num_classes,
-                    list(knn_cfg.ks), float(knn_cfg.temperature), on_chunk=advance,
-                )  # fmt: skip
-            knn_scores[label] = {int(k): round(a, 2) for k, a in accuracy.items()}
+            sets, layer = features[label], knn_cfg.layer
+            train = sets["train"]
+            for split, scores in (("val", knn_val), ("test", knn_scores)):
+                if split not in sets:
+                    continue
+                queries = sets[split]
+                with progress.task(
+                    f"kNN: {label} / {layer} / {split}", len(queries), f"{split} images"
+                ) as advance:
+                    accuracy = knn_accuracy(
+                        train.features[layer], train.labels, queries.features[layer], queries.labels,
+                        num_classes, list(knn_cfg.ks), float(knn_cfg.temperature), on_chunk=advance,
+                    )  # fmt: skip
+                scores[label] = {int(k): round(a, 2) for k, a in accuracy.items()}
             timing[f"{label}_knn_s"] = round(time.perf_counter() - started, 2)
     results = FrozenEval(
         num_classes=num_classes,
@@ -133,7 +142,11 @@ def evaluate_frozen(
         knn=None
         if knn_cfg is None
         else KnnResults(
-            str(knn_cfg.layer), tuple(int(k) for k in knn_cfg.ks), float(knn_cfg.temperature), knn_scores
+            str(knn_cfg.layer),
+            tuple(int(k) for k in knn_cfg.ks),
+            float(knn_cfg.temperature),
+            knn_scores,
+            val=knn_val,
         ),
         timing=timing,
     )
@@ -149,16 +162,17 @@ def _features(
     grids: dict[str, int],
     feature_cfg: DictConfig,
     cache: FeatureCache,
-) -> tuple[FeatureSet, FeatureSet]:
-    """Train and test features of one exported encoder, from the cache when it has them.
+) -> dict[str, FeatureSet]:
+    """Features of one exported encoder for each labeled split (train, val if any, test), cached.
 
     ``feature_cfg`` (``eval.linear_probe`` or ``eval.knn``) brings ``token_pool`` and ``device``.
     """
     token_pool = feature_cfg.token_pool
     device = resolve_device(feature_cfg.device)
     weights_id = export.identity(path)
-    sets, hits = [], []
-    for split in ("train", "test"):
+    sets: dict[str, FeatureSet] = {}
+    hits = []
+    for split in [s for s in ("train", "val", "test") if datamodule.has(s)]:
         try:
             features, hit = cached_features(
                 cache, encoder, weights_id, datamodule, split, layers, grids, token_pool, device, label
@@ -167,22 +181,25 @@ def _features(
             if "non-finite" not in str(e):
                 raise
             raise NonFiniteError(f"{e} (encoder {path}, {split} images)") from None
-        sets.append(features)
+        sets[split] = features
         hits.append(hit)
     log.info("%s: features %s", path, "read from the cache" if all(hits) else "extracted")
-    return sets[0], sets[1]
+    return sets
 
 
 def _probe(
     label: str,
-    train: FeatureSet,
-    test: FeatureSet,
+    sets: dict[str, FeatureSet],
     layers: list[str],
     grids: dict[str, int],
     num_classes: int,
     probe_cfg: DictConfig,
 ) -> EncoderProbe:
-    """One multi-head probe per seed (every layer at once); the accuracy over seeds per layer."""
+    """One multi-head probe per seed (every layer at once); the accuracy over seeds per layer.
+
+    Trained on ``sets["train"]``, scored on ``sets["test"]`` and, when present, ``sets["val"]``.
+    """
+    train, test, val = sets["train"], sets["test"], sets.get("val")
     train_layers = FeatureSet({layer: train.features[layer] for layer in layers}, train.labels)
     device = resolve_device(probe_cfg.device)
 
@@ -203,13 +220,26 @@ def _probe(
                 seed=seed,
                 device=device,
                 on_epoch=advance,
+                val=val,
             )
 
     runs = [one_seed(int(seed)) for seed in probe_cfg.seeds]
+    return _encoder_probe(
+        runs, layers, {layer: int(train.features[layer].shape[1]) for layer in layers}, grids
+    )
+
+
+def _encoder_probe(
+    runs: list[dict[str, float]], layers: list[str], dims: dict[str, int], grids: dict[str, int]
+) -> EncoderProbe:
+    """Per layer, the test (``<layer>``) and validation (``val/<layer>``) top-1 of each seed's run, summarized."""
     return EncoderProbe(
         {
             layer: LayerResult(
-                SeedStats.of([run[layer] for run in runs]), int(train.features[layer].shape[1]), grids[layer]
+                SeedStats.of([run[layer] for run in runs]),
+                dims[layer],
+                grids[layer],
+                SeedStats.of([run[f"val/{layer}"] for run in runs]) if f"val/{layer}" in runs[0] else None,
             )
             for layer in layers
         }
@@ -236,12 +266,7 @@ def _augmented_probe(
                 _augmented_run(encoder, datamodule, layers, dims, grids, num_classes, probe_cfg, seed)
             )
             advance()
-    return EncoderProbe(
-        {
-            layer: LayerResult(SeedStats.of([run[layer] for run in runs]), dims[layer], grids[layer])
-            for layer in layers
-        }
-    )
+    return _encoder_probe(runs, layers, dims, grids)
 
 
 def _augmented_run(
@@ -254,7 +279,7 @@ def _augmented_run(
     probe_cfg: DictConfig,
     seed: int,
 ) -> dict[str, float]:
-    """One seed's augmented probe: top-1 per layer."""
+    """One seed's augmented probe: test top-1 per layer, and ``val/<layer>`` when there is validation data."""
     token_pool = resolve_token_pool(encoder, probe_cfg.token_pool)
     pl.seed_everything(int(seed), workers=True, verbose=False)
     model = AugmentedProbe(
@@ -279,7 +304,11 @@ def _augmented_run(
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         trainer.fit(model, train_dataloaders=train)
     scores = trainer.test(model, dataloaders=datamodule.labeled_dataloader("test"), verbose=False)[0]
-    return {layer: float(scores[f"top1/{layer}"]) for layer in layers}
+    out = {layer: float(scores[f"top1/{layer}"]) for layer in layers}
+    if datamodule.has("val"):
+        val = trainer.test(model, dataloaders=datamodule.labeled_dataloader("val"), verbose=False)[0]
+        out |= {f"val/{layer}": float(val[f"top1/{layer}"]) for layer in layers}
+    return out
 
 
 def check_probe(cfg: DictConfig) -> tuple[dict[str, str], ImageDataModule]:
