@@ -27,6 +27,7 @@ from selfsup.encoders import export
 from selfsup.errors import CheckpointError, ConfigError, Interrupted
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_pretraining, setup_runtime
+from selfsup.training.budget import BudgetReport
 from selfsup.training.callbacks import Throughput
 from selfsup.training.checkpoint_io import check_checkpoint, newest_readable
 from selfsup.training.faults import GracefulInterrupt, NonFiniteGuard
@@ -171,13 +172,17 @@ def _train_and_export(
     throughput = Throughput()
     interrupt = GracefulInterrupt(run.last_checkpoint)
     guard = NonFiniteGuard(int(select(cfg, "faults.skip_nonfinite")), run.checkpoint_dir)
-    trainer.callbacks.extend([guard, interrupt, throughput])  # type: ignore[attr-defined]
+    images_per_step = datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+    budget = BudgetReport(
+        len(datamodule.source("pretrain")), images_per_step, task.min_epochs, type(task).__name__
+    )
+    trainer.callbacks.extend([guard, interrupt, throughput, budget])  # type: ignore[attr-defined]
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     if interrupt.requested:
         raise Interrupted(_resume_hint(interrupt, run), interrupt.signum or signal.SIGINT)
-    images = throughput.steps * datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+    images = throughput.steps * images_per_step
     results: dict[str, Any] = {
         "task": cfg.task._target_,
         "steps": int(trainer.global_step),
@@ -195,6 +200,8 @@ def _train_and_export(
         },
         "chance": task.chance_levels(),  # of the accuracies above: what guessing scores
     }
+    if budget.budget is not None:
+        results["budget"] = budget.budget.to_dict()
     if trainer.is_global_zero:
         meta = {
             "task": cfg.task._target_,

@@ -79,6 +79,11 @@ class PretextTask(pl.LightningModule):
         schedule: a ``_partial_`` factory ``(optimizer, total_steps) -> LRScheduler``, or None.
     """
 
+    # Fewest epochs over the pretraining images after which this task's encoder beat its random
+    # initialization in our measurements (benchmarks/README.md); a shorter budget is warned about
+    # before training (selfsup.training.budget). None: not measured.
+    min_epochs: float | None = None
+
     def __init__(
         self, encoder: Encoder, optim: OptimSettings | None = None, schedule: Callable | None = None
     ) -> None:

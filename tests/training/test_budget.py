@@ -1,0 +1,51 @@
+"""The budget estimate: which limit ends the run, what it covers, and the warning when it is short."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from selfsup.stages.pretrain import pretrain
+from selfsup.training.budget import plan
+from tests.conftest import FAST
+
+COMMON = dict(images_per_s=100.0, images_per_step=64, dataset_size=10_000, steps_per_epoch=156, steps_done=13)
+
+
+def test_the_limit_that_binds_first_ends_the_run() -> None:
+    by_steps = plan(**COMMON, max_steps=400, max_epochs=3, time_left_s=None)
+    assert (by_steps.steps, by_steps.limit) == (400, "trainer.max_steps=400")
+    assert by_steps.epochs == pytest.approx(400 * 64 / 10_000) and by_steps.seconds == pytest.approx(256.0)
+    by_epochs = plan(**COMMON, max_steps=-1, max_epochs=2, time_left_s=None)
+    assert (by_epochs.steps, by_epochs.limit) == (312, "trainer.max_epochs=2")
+    by_time = plan(**COMMON, max_steps=-1, max_epochs=-1, time_left_s=64.0)  # 100 images/s = 1.5625 steps/s
+    assert (by_time.steps, by_time.limit) == (13 + 100, "trainer.max_time")
+    with pytest.raises(ValueError, match="no length"):
+        plan(**COMMON, max_steps=-1, max_epochs=-1, time_left_s=None)
+
+
+def test_a_budget_too_short_for_the_task_is_warned_about_before_it_is_spent(
+    make_cfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RotNet needed 2.6 epochs to beat its random init; 16 steps of 8 of 512 images are 0.25 epochs.
+    overrides = [*FAST, "data.pretrain.num_images=512", "trainer.max_steps=16", "trainer.max_epochs=1"]
+    with caplog.at_level(logging.INFO, logger="selfsup.training.budget"):
+        results = pretrain(make_cfg(overrides))
+    budget = results["budget"]
+    assert budget["steps"] == 16 and budget["limit"] == "trainer.max_steps=16"
+    assert budget["epochs"] == pytest.approx(0.25) and budget["images_per_s"] > 0
+    lines = [r for r in caplog.records if r.name == "selfsup.training.budget"]
+    assert any("ends the run after 16 steps = 0.25 epochs of the 512" in r.getMessage() for r in lines)
+    warnings = [r.getMessage() for r in lines if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "fewer than the 2.6 that RotNet needed" in warnings[0]
+
+
+def test_a_budget_long_enough_is_not_warned_about(make_cfg, caplog: pytest.LogCaptureFixture) -> None:
+    overrides = [*FAST, "data.pretrain.num_images=32", "trainer.max_steps=16", "trainer.max_epochs=4"]
+    with caplog.at_level(logging.INFO, logger="selfsup.training.budget"):
+        results = pretrain(make_cfg(overrides))
+    assert results["budget"]["epochs"] == pytest.approx(4.0)  # 4 steps an epoch: the epochs bind
+    assert not [
+        r for r in caplog.records if r.name == "selfsup.training.budget" and r.levelno == logging.WARNING
+    ]
