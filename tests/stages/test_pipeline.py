@@ -43,7 +43,12 @@ def test_pretrain_export_probe(pipeline_run: tuple[Path, dict]) -> None:
     assert comparison is not None and comparison.best_layer == "pooled"
     pre, rnd = (probe_results.encoders[e].layers["pooled"].top1 for e in ("pretrained", "random_init"))
     assert comparison.layers["pooled"].gain == round(pre.mean - rnd.mean, 2)
-    assert set(saved["knn"]["encoders"]["pretrained"]) == {"top1_k20", "top1_k200"}
+    assert set(saved["knn"]["encoders"]["pretrained"]) == {
+        "top1_k20",
+        "top1_k200",
+        "val_top1_k20",
+        "val_top1_k200",
+    }
     assert saved["knn"]["versus"] == ["pretrained", "random_init"]
     # The exported encoder differs from its initialization and reloads.
     trained, init = load(run_dir / "encoder"), load(run_dir / "encoder_init")
