@@ -62,10 +62,17 @@ def test_pretrain_export_probe(pipeline_run: tuple[Path, dict]) -> None:
     assert "## Linear probe" in report and "## kNN" in report and "## Fine-tuning" in report
     for label in ("pretrained", "random_init"):
         assert saved["finetune"]["encoders"][label]["steps"] == 2
-        assert f"| {label} | {saved['finetune']['encoders'][label]['top1_mean']:.2f} ±" in report
+        tuned = saved["finetune"]["encoders"][label]
+        val, test = tuned["val"], tuned
+        assert (
+            f"| {label} | {val['top1_mean']:.2f} ± {val['top1_std']:.2f} | {test['top1_mean']:.2f} ±"
+            in report
+        )
+    pre_val, rnd_val = (probe_results.encoders[e].layers["pooled"].val for e in ("pretrained", "random_init"))
+    assert pre_val is not None and rnd_val is not None
     assert (
-        f"| pooled | 512 | {pre.mean_std()} | {rnd.mean_std()} | {comparison.layers['pooled'].cell()} |"
-        in report
+        f"| pooled * | 512 | {pre_val.mean_std()} | {pre.mean_std()} | {rnd_val.mean_std()} | {rnd.mean_std()} "
+        f"| {comparison.layers['pooled'].cell()} |" in report
     )
     for figure in ("probe_layers.png", "training_curves.png", "embedding_tsne.png"):
         assert (run_dir / "figures" / figure).stat().st_size > 1000, figure
