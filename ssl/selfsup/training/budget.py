@@ -149,7 +149,7 @@ class BudgetReport(pl.Callback):
         )  # fmt: skip
         if self.min_epochs is not None and budget.epochs < self.min_epochs:
             log.warning(
-                "the budget covers %.2f epochs of the pretraining images, fewer than the %.1f that %s needed "
+                "the budget covers %.2f epochs of the pretraining images, fewer than the %.2f that %s needed "
                 "to beat its random initialization in our measurements (benchmarks/README.md): the encoder "
                 "may come out no better than random. Raise trainer.max_steps or trainer.max_epochs, or set "
                 "a time budget: trainer.max_time=00:02:00:00 trainer.max_steps=-1 trainer.max_epochs=-1",
