@@ -59,6 +59,7 @@ def test_datamodule(**kwargs: Any) -> ImageDataModule:
         path=None,
         seed=0,
         val_fraction=0.0,
+        on_device_cache=None,
     )
     return ImageDataModule(**{**settings, **kwargs})
 

@@ -22,6 +22,8 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Subset
 
 from selfsup.data.dataset import ImageDataset, collate
+from selfsup.data.device_augment import BatchAugmentation
+from selfsup.data.resident import KeyedIndices, ResidentImages, load_resident
 from selfsup.data.sampler import EpochSampler, ResumableLoader
 from selfsup.data.sources import ImageSource, SubsetImages
 from selfsup.data.subsets import capped_indices, source_labels, stratified_fraction
@@ -76,6 +78,12 @@ class ImageDataModule(pl.LightningDataModule):
         max_test_images: at most this many labeled ``test`` images (None: all).
         subset_seed: draws the capped subsets (stratified by class where labeled); fixed apart from
             ``seed`` so that runs with different seeds see the same images.
+        on_device: pretraining images decoded once, kept on the device and augmented there in batch
+            (:mod:`selfsup.data.resident`); the loader then hands out only indices and keys.
+        on_device_size: side the images are stored at (None: their own, which must be one size).
+        on_device_max_gib: refuse ``on_device`` above this many GiB of uint8 pixels.
+        on_device_cache: folder of the decoded copies (None: decode every run; no default: the data
+            yamls set ``${paths.cache_dir}/resident``).
     """
 
     def __init__(
@@ -107,6 +115,10 @@ class ImageDataModule(pl.LightningDataModule):
         max_train_images: int | None = None,
         max_test_images: int | None = None,
         subset_seed: int = 0,
+        on_device: bool = False,
+        on_device_size: int | None = None,
+        on_device_max_gib: float = 16.0,
+        on_device_cache: str | None,
     ) -> None:
         super().__init__()
         self.factories = {"pretrain": pretrain, "train": train, "val": val, "test": test}
@@ -128,6 +140,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.path, self.download, self.seed = path, download, int(seed)
         self.caps = {"pretrain": max_images, "train": max_train_images, "test": max_test_images}
         self.subset_seed = int(subset_seed)
+        self.on_device, self.on_device_size = bool(on_device), on_device_size
+        self.on_device_max_gib, self.on_device_cache = float(on_device_max_gib), on_device_cache
+        self._resident: ResidentImages | None = None
         self._sources: dict[str, ImageSource] = {}
         self._train_loader: ResumableLoader | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next train loader
@@ -224,8 +239,18 @@ class ImageDataModule(pl.LightningDataModule):
             self.source("pretrain")
 
     def train_dataloader(self) -> ResumableLoader:
-        """The pretraining loader: keyed samples in this rank's share of the epoch's order."""
-        dataset = ImageDataset(self.source("pretrain"), self.train_augmentation(), self.on_bad_image)
+        """The pretraining loader: keyed samples in this rank's share of the epoch's order.
+
+        With ``on_device`` the same sampler feeds a loader of ``(index, key)`` pairs only; the images
+        are gathered and augmented on the device in :meth:`on_after_batch_transfer`.
+        """
+        dataset: ImageDataset | KeyedIndices
+        if self.on_device:
+            dataset = KeyedIndices(len(self.resident()))
+            settings: dict[str, Any] = dict(num_workers=0, pin_memory=False, persistent_workers=False)
+        else:
+            dataset = ImageDataset(self.source("pretrain"), self.train_augmentation(), self.on_bad_image)
+            settings = self._loader_settings()
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         drop_last = len(dataset) >= self.batch_size * world  # as `loader`: keep a set smaller than a batch
@@ -238,7 +263,7 @@ class ImageDataModule(pl.LightningDataModule):
             sampler=sampler,
             drop_last=drop_last,
             batches_done=self._batches_done,
-            **self._loader_settings(),
+            **settings,
         )
         if self._resume_position is not None:
             loader.load_state_dict(self._resume_position)
@@ -266,6 +291,16 @@ class ImageDataModule(pl.LightningDataModule):
         if self.trainer is None:
             return 0
         return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # type: ignore[attr-defined]
+
+    def resident(self) -> ResidentImages:
+        """The pretraining images decoded once (``on_device``), read from the cache when it has them."""
+        if self._resident is None:
+            self._resident = load_resident(
+                self.source("pretrain"), self.on_device_size, self.on_device_cache, self.on_device_max_gib,
+                self.on_bad_image,
+            )  # fmt: skip
+            self.bad_images.update(self._resident.bad)
+        return self._resident
 
     def train_augmentation(self) -> Callable:
         return KeyedAugmentation(
@@ -314,7 +349,16 @@ class ImageDataModule(pl.LightningDataModule):
 
     # -- on the device -------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Normalize the uint8 images on the device and note any skipped files."""
+        """Normalize the uint8 images on the device and note any skipped files.
+
+        An ``on_device`` pretraining batch arrives as indices and keys: its images are gathered from
+        the resident copy and augmented in one batched call first.
+        """
+        if "image" not in batch and self._resident is not None:
+            images = self._resident.gather(batch["index"])
+            batch["image"] = BatchAugmentation(
+                self.image_size, self.crop_scale, self.crop_ratio, self.hflip, self.crop, self.crop_padding
+            )(images, batch["key"])
         return self.prepare_batch(batch)
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
