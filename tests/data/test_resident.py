@@ -92,3 +92,34 @@ def test_pretraining_on_device_trains_and_exports(make_cfg, tmp_path: Path) -> N
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
     assert load(RunDir.from_config(cfg).encoder) is not None
     assert list((tmp_path / "cache" / "resident").glob("*.npz")), "the decoded copy is cached"
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_the_batched_augmentation_on_the_gpu_is_the_cpus() -> None:
+    from selfsup.data.device_augment import BatchAugmentation, crop_boxes
+    from selfsup.training.randomness import random_keys
+
+    keys = random_keys(256, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (256, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(
+        crop_boxes(keys.cuda(), 40, 40, (0.2, 1.0), (3 / 4, 4 / 3)).cpu(),
+        crop_boxes(keys, 40, 40, (0.2, 1.0), (3 / 4, 4 / 3)),
+    )
+    augment = BatchAugmentation(48, (0.2, 1.0))
+    on_gpu = augment(images.cuda(), keys.cuda()).cpu().float()
+    assert (on_gpu - augment(images, keys).float()).abs().max() <= 1.0
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_pretraining_on_device_on_a_gpu(make_cfg) -> None:
+    from selfsup.stages.pretrain import pretrain
+
+    metrics = pretrain(make_cfg([*FAST, "data.on_device=true", "trainer=gpu", "encoder.cifar_stem=true"]))
+    assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
