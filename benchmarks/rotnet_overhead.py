@@ -55,7 +55,7 @@ def bare_step(overrides: list[str], steps: int, warmup: int) -> float:
     datamodule = build_datamodule(cfg, ["pretrain"])
     encoder = build_encoder(cfg)
     batch = next(iter(datamodule.train_dataloader()))
-    images = datamodule.prepare_batch(batch)["image"]
+    images = datamodule.on_after_batch_transfer(batch, 0)["image"]  # on_device batches: gathered, cropped
     inputs, _ = rotate_batch(images, cfg.task.rotations)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     encoder.to(memory_format=memory_format)
