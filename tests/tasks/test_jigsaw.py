@@ -300,3 +300,11 @@ def test_jigsaw_with_the_default_encoder_trains_and_exports_its_choice(make_cfg,
     cfg = make_cfg(["task=jigsaw", *FAST, "data.image_size=64", "task.num_permutations=10"])
     pretrain(cfg)
     assert load(RunDir.from_config(cfg).encoder).cifar_stem is True
+
+
+def test_the_main_job_refuses_tiles_too_small_for_the_encoder_before_training(make_cfg) -> None:
+    from selfsup.stages.pipeline import check_eval_against_encoder
+
+    cfg = make_cfg(["task=jigsaw", *FAST, "encoder.cifar_stem=false"], config_name="pipeline")
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*Jigsaw feeds its encoder 8 px inputs"):
+        check_eval_against_encoder(cfg)

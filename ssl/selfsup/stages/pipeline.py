@@ -29,7 +29,7 @@ from selfsup.eval.results import KnnResults, ProbeResults
 from selfsup.reports import plots
 from selfsup.reports.report import Table, cell, knn_table, probe_table, write_report
 from selfsup.run_dir import RunDir
-from selfsup.stages.components import build_datamodule, build_encoder, pretext_input_size
+from selfsup.stages.components import build_datamodule, build_pretext_encoder
 from selfsup.stages.pretrain import first_process, pretrain
 from selfsup.stages.probe import evaluate_frozen, resolve_layers
 
@@ -114,7 +114,7 @@ def check_eval_against_encoder(cfg: DictConfig) -> None:
     Checked on a freshly built encoder before pretraining, so that a layer name from another encoder
     family (``stage3`` for a ViT) fails in a second rather than after the whole pretraining run.
     """
-    encoder = build_encoder(cfg, pretext_input_size(cfg))  # as pretraining will build it
+    encoder = build_pretext_encoder(cfg)  # as pretraining will build it
     key = downstream_key(cfg)
     try:
         encoder.check_image_size(int(select(cfg, f"{key}.image_size")))
