@@ -161,3 +161,16 @@ def test_a_bad_val_fraction_is_named(make_cfg) -> None:
 
     with pytest.raises(ConfigError, match=r"'data.val_fraction': must be a number in \[0, 1\), got 1.5"):
         build_datamodule(make_cfg([*FAST, "data.val_fraction=1.5"]), ["train"])
+
+
+def test_a_class_with_one_image_keeps_it_for_training() -> None:
+    from functools import partial
+
+    from tests.conftest import test_datamodule
+
+    labels = [0] * 20 + [1] * 20 + [2]
+    images = torch.zeros(len(labels), 3, 8, 8, dtype=torch.uint8)
+    source = partial(ArrayImages, images, labels, ["a", "b", "c"], "three classes")
+    dm = test_datamodule(train=source, val_fraction=0.1)
+    assert Counter(source_labels(dm.source("val")).tolist()) == {0: 2, 1: 2}
+    assert Counter(source_labels(dm.source("train")).tolist()) == {0: 18, 1: 18, 2: 1}

@@ -184,6 +184,9 @@ class ImageDataModule(pl.LightningDataModule):
         full = self._opened("train")
         labels = source_labels(full)
         held = stratified_fraction(labels, self.val_fraction, self.subset_seed)
+        # A class with a single image keeps it for training: validation cannot take all of a class.
+        alone = torch.bincount(labels[labels >= 0])[labels[held]] < 2
+        held = held[~alone]
         rest = torch.ones(len(full), dtype=torch.bool)
         rest[held] = False
         why = f"val_fraction={self.val_fraction}, subset_seed={self.subset_seed}"

@@ -258,7 +258,10 @@ def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 # Bar figures of a sweep: metric -> (title, x label).
 TITLES = {
-    "probe_best": ("Linear probe at each run's best layer on validation", "top-1 % (test), ± std over probe seeds"),
+    "probe_best": (
+        "Linear probe at each run's best layer on validation",
+        "top-1 % (test), ± std over probe seeds",
+    ),
     "knn_top1": ("kNN", "top-1 % (test)"),
     "finetune_": ("Fine-tuning", "top-1 % (test), ± std over seeds"),
 }
