@@ -308,3 +308,31 @@ def test_the_main_job_refuses_tiles_too_small_for_the_encoder_before_training(ma
     cfg = make_cfg(["task=jigsaw", *FAST, "encoder.cifar_stem=false"], config_name="pipeline")
     with pytest.raises(ConfigError, match=r"'data.image_size'.*Jigsaw feeds its encoder 8 px inputs"):
         check_eval_against_encoder(cfg)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "cell", "window"), [("jigsaw_paper", 85, 255), ("jigsaw_paper_text", 75, 225)]
+)
+def test_the_paper_presets_geometry_and_dropout(make_cfg, experiment: str, cell: int, window: int) -> None:
+    """The released code's 255/85/64 (the preset) and the paper text's 225/75/64, fc6/fc7 dropout 0.5."""
+    cfg = make_cfg([f"experiment={experiment}"])
+    assert (cfg.task.cell_size, cfg.task.tile_size, cfg.task.dropout) == (cell, 64, 0.5)
+    geometry = PuzzleGeometry.fit(
+        int(cfg.data.image_size), cfg.task.grid_size, cfg.task.cell_size, cfg.task.tile_size
+    )
+    assert (geometry.window_size, geometry.cell_size, geometry.tile_size) == (window, cell, 64)
+    task = Jigsaw(
+        ResNetEncoder(18, cifar_stem=True),
+        image_size=256,
+        cell_size=cell,
+        tile_size=64,
+        dropout=0.5,
+        **SMALL_HEAD,
+    )
+    dropouts = [m for m in task.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 2 and all(m.p == 0.5 for m in dropouts), "after fc6 and after fc7"
+    plain = Jigsaw(
+        ResNetEncoder(18, cifar_stem=True), image_size=256, cell_size=cell, tile_size=64, **SMALL_HEAD
+    )
+    assert not [m for m in plain.modules() if isinstance(m, torch.nn.Dropout)], "dropout 0 adds no module"
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in task.parameters())

@@ -148,6 +148,8 @@ class Jigsaw(PretextTask):
         grayscale_fraction: fraction of puzzles made from grayscale images.
         tile_dim: width of the per-tile projection (fc6).
         head_hidden_dims: hidden widths of the MLP on the concatenated projections (fc7).
+        dropout: dropout after the ReLU of the per-tile projection and of each hidden layer (the
+            context-free network's fc6 and fc7: 0.5 in the released Caffe model).
         report_puzzles: puzzles drawn into ``puzzles.png`` in the run directory at the end of
             training by :class:`~selfsup.reports.puzzles.PuzzleGrid` (0: none).
         optim: optimizer settings, see :class:`~selfsup.tasks.base.PretextTask`.
@@ -177,6 +179,7 @@ class Jigsaw(PretextTask):
         grayscale_fraction: float = 0.3,
         tile_dim: int = 1024,
         head_hidden_dims: Sequence[int] = (4096,),
+        dropout: float = 0.0,
         report_puzzles: int = 8,
         optim: OptimSettings | None = None,
         schedule: Callable | None = None,
@@ -208,10 +211,17 @@ class Jigsaw(PretextTask):
         self.register_buffer("permutations", perms)  # in checkpoints: a resumed run keeps its classes
         self.normalize_tiles, self.channel_jitter = normalize_tiles, channel_jitter
         self.grayscale_fraction, self.report_puzzles = grayscale_fraction, report_puzzles
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.tile_projection = nn.Sequential(
-            nn.Linear(encoder.out_dim, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True)
+            nn.Linear(encoder.out_dim, tile_dim, bias=False),
+            nn.BatchNorm1d(tile_dim),
+            nn.ReLU(inplace=True),
+            *([nn.Dropout(dropout)] if dropout > 0 else []),
         )
-        self.classifier = mlp(self.geometry.num_tiles * tile_dim, list(head_hidden_dims), num_permutations)
+        self.classifier = mlp(
+            self.geometry.num_tiles * tile_dim, list(head_hidden_dims), num_permutations, dropout=dropout
+        )
 
     @classmethod
     def encoder_input_size(cls, image_size: int, settings: Mapping[str, Any]) -> int:
