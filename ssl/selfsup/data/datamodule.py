@@ -143,6 +143,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.on_device, self.on_device_size = bool(on_device), on_device_size
         self.on_device_max_gib, self.on_device_cache = float(on_device_max_gib), on_device_cache
         self._resident: ResidentImages | None = None
+        self._batch_augmentation = BatchAugmentation(
+            image_size, self.crop_scale, self.crop_ratio, hflip, crop, self.crop_padding
+        )  # built once: the on-device path applies it to every batch
         self._sources: dict[str, ImageSource] = {}
         self._train_loader: ResumableLoader | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next train loader
@@ -359,9 +362,7 @@ class ImageDataModule(pl.LightningDataModule):
         """
         if "image" not in batch and self._resident is not None:
             images = self._resident.gather(batch["index"])
-            batch["image"] = BatchAugmentation(
-                self.image_size, self.crop_scale, self.crop_ratio, self.hflip, self.crop, self.crop_padding
-            )(images, batch["key"])
+            batch["image"] = self._batch_augmentation(images, batch["key"])
         return self.prepare_batch(batch)
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:

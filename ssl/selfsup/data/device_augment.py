@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from selfsup.data.transforms import CROP_TRIES, CROPS
+from selfsup.data.transforms import CROP_TRIES, KeyedAugmentation
 from selfsup.training.randomness import CROP, FLIP, integers, uniform
 
 
@@ -121,29 +121,15 @@ def padded_crops(images: Tensor, offsets: Tensor, size: int, padding: int) -> Te
     return padded[batch, channels, rows, cols]
 
 
-class BatchAugmentation:
+class BatchAugmentation(KeyedAugmentation):
     """:class:`~selfsup.data.transforms.KeyedAugmentation` on a (B, 3, H, W) batch, drawn from its keys.
 
-    Args: as :class:`~selfsup.data.transforms.KeyedAugmentation`.
+    The same settings and constructor; only the call takes a whole batch and its keys.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        crop_scale: Sequence[float] = (0.2, 1.0),
-        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-        hflip: bool = True,
-        crop: str = "random_resized",
-        crop_padding: int = 4,
-    ) -> None:
-        if crop not in CROPS:
-            raise ValueError(f"crop must be one of {list(CROPS)}, got {crop!r}")
-        self.image_size, self.hflip = image_size, hflip
-        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
-        self.crop, self.crop_padding = crop, crop_padding
-
-    def __call__(self, images: Tensor, keys: Tensor) -> Tensor:
+    def __call__(self, images: Tensor, keys: Tensor | int | None = None) -> Tensor:
         """(B, 3, H, W) uint8 (or float) and (B,) int64 keys -> (B, 3, image_size, image_size), same dtype."""
+        assert isinstance(keys, Tensor), "a batch needs its (B,) sample keys"
         if self.crop == "padded":
             out = padded_crops(
                 images, self.offsets(keys, *images.shape[-2:]), self.image_size, self.crop_padding
