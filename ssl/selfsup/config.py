@@ -213,14 +213,19 @@ def require_encoders(cfg: DictConfig, empty: str) -> dict[str, str]:
 def check_eval_config(cfg: DictConfig) -> None:
     """Value checks on ``cfg.eval``'s frozen-feature sections (``linear_probe``, ``knn``), before any work."""
     from selfsup.eval.linear_probe import PROBE_OPTIMIZERS
+    from selfsup.eval.probe_heads import PROBE_HEADS
 
     check_complete(cfg)
     if cfg.eval.get("linear_probe") is not None:
         for key in ("epochs", "batch_size", "target_dim"):
             require_positive_int(cfg, f"eval.linear_probe.{key}")
         grid = select(cfg, "eval.linear_probe.pool_grid")
-        if grid != "auto":
+        if grid not in ("auto", "full"):
             require_positive_int(cfg, "eval.linear_probe.pool_grid")
+        require_choice(cfg, "eval.linear_probe.head", PROBE_HEADS)
+        if select(cfg, "eval.linear_probe.head_hidden_dim") is not None:
+            require_positive_int(cfg, "eval.linear_probe.head_hidden_dim")
+        require_positive_int(cfg, "eval.linear_probe.head_channels")
         if select(cfg, "eval.linear_probe.token_pool") is not None:
             require_choice(cfg, "eval.linear_probe.token_pool", ("cls", "mean"))
         require_choice(cfg, "eval.linear_probe.mode", ("cached", "augmented"))

@@ -10,7 +10,8 @@ import torch
 from selfsup.data.synthetic import synthetic
 from selfsup.encoders import ResNetEncoder
 from selfsup.eval.features import FeatureSet, auto_grid, extract_features, probe_grids
-from selfsup.eval.linear_probe import LinearProbe, MultiLayerProbe, fit_linear_probes, probe_optimizer
+from selfsup.eval.linear_probe import MultiLayerProbe, fit_linear_probes, probe_optimizer
+from selfsup.eval.probe_heads import LinearProbe
 from tests.conftest import test_datamodule
 
 
@@ -72,7 +73,7 @@ def test_probes_learn_separable_features_per_layer(optimizer: str, lr: float) ->
     train = FeatureSet({"good": x.half(), "noise": noise.half()}, y)
     test = FeatureSet({"good": xt.half(), "noise": torch.randn(200, 10).half()}, yt)
     accuracy = fit_linear_probes(
-        train, test, num_classes=4, epochs=20, batch_size=64, lr=lr, optimizer=optimizer
+        train, test, num_classes=4, epochs=20, batch_size=64, lr=lr, optimizer=optimizer, schedule=None
     )
     assert accuracy["good"] > 95 and accuracy["noise"] < 50
 
@@ -94,8 +95,11 @@ def test_heads_trained_together_equal_heads_trained_alone() -> None:
         4,
         epochs=3,
         batch_size=32,
+        schedule=None,
     )
-    alone = fit_linear_probes(FeatureSet({"a": x}, y), FeatureSet({"a": xt}, yt), 4, epochs=3, batch_size=32)
+    alone = fit_linear_probes(
+        FeatureSet({"a": x}, y), FeatureSet({"a": xt}, yt), 4, epochs=3, batch_size=32, schedule=None
+    )
     assert both["a"] == alone["a"]
 
 
@@ -103,7 +107,10 @@ def test_probe_is_reproducible_for_a_seed_and_varies_across_seeds() -> None:
     (x, _), (xt, yt) = _blobs(300, 0), _blobs(100, 1)
     y = torch.randint(0, 4, (300,), generator=torch.Generator().manual_seed(5))  # noisy labels: seeds matter
     train, test = FeatureSet({"a": x}, y), FeatureSet({"a": xt}, yt)
-    runs = [fit_linear_probes(train, test, 4, epochs=3, batch_size=32, seed=s)["a"] for s in (0, 0, 1)]
+    runs = [
+        fit_linear_probes(train, test, 4, epochs=3, batch_size=32, seed=s, schedule=None)["a"]
+        for s in (0, 0, 1)
+    ]
     assert runs[0] == runs[1], "the same seed gives the same accuracy"
     assert runs[0] != runs[2], "another seed gives another accuracy (42 % against 25 % here)"
     probe = MultiLayerProbe({"a": 10}, 4)
@@ -115,7 +122,7 @@ def test_on_epoch_is_called_once_per_epoch() -> None:
     calls: list[None] = []
     fit_linear_probes(
         FeatureSet({"a": x}, y), FeatureSet({"a": xt}, yt), 4, epochs=3, batch_size=32,
-        on_epoch=lambda: calls.append(None),
+        on_epoch=lambda: calls.append(None), schedule=None,
     )  # fmt: skip
     assert len(calls) == 3
 

@@ -1,8 +1,8 @@
 """Linear probes trained on augmented images through the frozen encoder, instead of cached features.
 
 Each step runs the frozen encoder (eval mode, no gradient) on a freshly augmented batch and trains one
-:class:`~selfsup.eval.linear_probe.LinearProbe` per layer on its pooled features, all heads in the
-same pass. Slower than cached features (every epoch pays the encoder's forward), closer to the
+probe head per layer (:mod:`selfsup.eval.probe_heads`: linear by default) on its pooled features, all
+heads in the same pass. Slower than cached features (every epoch pays the encoder's forward), closer to the
 protocols that train probes with random crops (Goyal et al. 2019, MAE); a Lightning loop, so it runs
 on GPUs and under DDP like pretraining.
 """
@@ -19,13 +19,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from selfsup.encoders.base import Encoder
 from selfsup.eval.features import pool_feature
-from selfsup.eval.linear_probe import MultiLayerProbe, probe_optimizer
+from selfsup.eval.linear_probe import MultiLayerProbe, ScheduleFactory, probe_optimizer, probe_schedule
+from selfsup.eval.probe_heads import LINEAR, ProbeHead
 from selfsup.modes import evaluating
-from selfsup.training.schedules import lightning_optimizers, warmup_cosine
+from selfsup.training.schedules import lightning_optimizers
 
 
 class AugmentedProbe(pl.LightningModule):
-    """Frozen encoder + one linear probe per layer, trained on augmented batches.
+    """Frozen encoder + one probe head per layer, trained on augmented batches.
 
     Args:
         encoder: frozen throughout: no gradient, eval mode (BatchNorm statistics never change).
@@ -38,6 +39,8 @@ class AugmentedProbe(pl.LightningModule):
         prepare_batch: turns a transferred batch's uint8 images into normalized floats (the
             DataModule's ``prepare_batch``); None when batches arrive normalized.
         optimizer: ``adamw`` or ``sgd`` (``selfsup.eval.linear_probe.probe_optimizer``).
+        head: the classifier per layer (linear by default).
+        schedule: the learning rate over the run's steps; None: cosine from lr to zero.
     """
 
     def __init__(
@@ -51,17 +54,20 @@ class AugmentedProbe(pl.LightningModule):
         weight_decay: float = 5e-4,
         prepare_batch: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         optimizer: str = "adamw",
+        head: ProbeHead = LINEAR,
+        schedule: ScheduleFactory | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "prepare_batch"])
+        self.save_hyperparameters(ignore=["encoder", "prepare_batch", "head", "schedule"])
         self.prepare_batch = prepare_batch
         self.encoder = encoder.requires_grad_(False).eval()
         self.layers, self.grids, self.token_pool = list(dims), dict(grids), token_pool
-        self.probe = MultiLayerProbe(dims, num_classes)
+        self.probe = MultiLayerProbe(dims, num_classes, grids, head)
         self.accuracy = nn.ModuleDict(
             {layer: MulticlassAccuracy(num_classes, average="micro") for layer in dims}
         )
         self.lr, self.weight_decay, self.optimizer = lr, weight_decay, optimizer
+        self.schedule = schedule
 
     def train(self, mode: bool = True) -> AugmentedProbe:
         """Lightning switches modules to train mode every epoch; the encoder stays in eval mode."""
@@ -106,8 +112,7 @@ class AugmentedProbe(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = probe_optimizer(self.probe.parameters(), self.optimizer, self.lr, self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        # Cosine from lr to zero over the run, no warmup.
-        return lightning_optimizers(optimizer, warmup_cosine(optimizer, total, warmup_fraction=0.0))
+        return lightning_optimizers(optimizer, probe_schedule(optimizer, total, self.schedule))
 
 
 def dims_of(

@@ -67,15 +67,18 @@ def auto_grid(channels: int, spatial: int, target_dim: int = 9216) -> int:
 def probe_grids(
     encoder: Encoder, image_size: int, layers: Sequence[str], pool_grid: int | str, target_dim: int = 9216
 ) -> dict[str, int]:
-    """Pooling grid per layer: ``pool_grid`` for every map, or ``auto`` for :func:`auto_grid`'s rule.
+    """Pooling grid per layer: ``pool_grid`` for every map, ``auto`` for :func:`auto_grid`'s rule, or
+    ``full`` for each map's own size (no pooling: RotNet's classifiers read the whole block-2 map).
 
     Token and vector features are not pooled spatially; their grid is reported as 1.
     """
-    if pool_grid != "auto":
+    if pool_grid not in ("auto", "full"):
         return dict.fromkeys(layers, int(pool_grid))
     shapes = feature_shapes(encoder, image_size, layers)
     return {
-        layer: auto_grid(shape[0], shape[1], target_dim) if len(shape) == 3 else 1
+        layer: (shape[1] if pool_grid == "full" else auto_grid(shape[0], shape[1], target_dim))
+        if len(shape) == 3
+        else 1
         for layer, shape in shapes.items()
     }
 

@@ -1,9 +1,9 @@
-"""Linear probes on frozen features: BatchNorm without affine parameters, then a linear classifier.
+"""Probes on frozen features: one classifier per layer, trained together on cached features.
 
-The BatchNorm (MAE's and Goyal et al.'s probing protocol) standardizes each feature with batch
-statistics while training and with running statistics at test time; it has no parameters of its own,
-so each probe stays linear. Several layers are probed at once, one head per layer, all trained
-together in one pass over the data (the multi-layer protocol of Goyal et al. 2019 / VISSL).
+By default each head is linear: BatchNorm without affine parameters, then a linear classifier (MAE's
+and Goyal et al.'s probing protocol; :mod:`selfsup.eval.probe_heads` has it and RotNet's non-linear
+and conv classifiers). Several layers are probed at once, one head per layer, all trained together in
+one pass over the data (the multi-layer protocol of Goyal et al. 2019 / VISSL).
 """
 
 from __future__ import annotations
@@ -13,37 +13,39 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from selfsup.eval.features import FeatureSet
+from selfsup.eval.probe_heads import LINEAR, ProbeHead
 from selfsup.training.schedules import warmup_cosine
 
-
-class LinearProbe(nn.Module):
-    """(B, D) features -> (B, num_classes) logits through BatchNorm1d(affine=False) and Linear."""
-
-    def __init__(self, in_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm1d(in_dim, affine=False, eps=1e-6)
-        self.linear = nn.Linear(in_dim, num_classes)
-        nn.init.trunc_normal_(self.linear.weight, std=0.01)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.linear(self.norm(features))
+# ``factory(optimizer, total_steps)`` -> a per-step scheduler (conf/schedule's factories, partially bound).
+ScheduleFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
 
 
 class MultiLayerProbe(nn.Module):
-    """One :class:`LinearProbe` per layer.
+    """One probe head per layer (linear unless ``head`` says otherwise).
 
     Args:
         dims: layer name -> feature dimension.
         num_classes: output classes.
+        grids: layer name -> pooling grid of its features (the conv head needs it; default 1).
+        head: which classifier each layer gets.
     """
 
-    def __init__(self, dims: Mapping[str, int], num_classes: int) -> None:
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        num_classes: int,
+        grids: Mapping[str, int] | None = None,
+        head: ProbeHead = LINEAR,
+    ) -> None:
         super().__init__()
+        grids = grids or {}
         # ModuleDict keys cannot contain dots; layer names never do.
-        self.heads = nn.ModuleDict({layer: LinearProbe(dim, num_classes) for layer, dim in dims.items()})
+        self.heads = nn.ModuleDict(
+            {layer: head.build(dim, grids.get(layer, 1), num_classes) for layer, dim in dims.items()}
+        )
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """layer -> (B, D) features to layer -> (B, num_classes) logits."""
@@ -68,6 +70,15 @@ def probe_optimizer(
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     raise ValueError(f"probe optimizer must be one of {list(PROBE_OPTIMIZERS)}, got {name!r}")
+
+
+def probe_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, schedule: ScheduleFactory | None
+) -> LRScheduler:
+    """``schedule(optimizer, total_steps)``, or without one the probes' default: cosine from lr to zero."""
+    if schedule is None:
+        return warmup_cosine(optimizer, total_steps, warmup_fraction=0.0)
+    return schedule(optimizer, total_steps)
 
 
 @torch.no_grad()
@@ -103,8 +114,13 @@ def fit_linear_probes(
     optimizer: str = "adamw",
     on_epoch: Callable[[], None] | None = None,
     val: FeatureSet | None = None,
+    grids: Mapping[str, int] | None = None,
+    head: str = "linear",
+    head_hidden_dim: int | None = None,
+    head_channels: int = 192,
+    schedule: ScheduleFactory | None,
 ) -> dict[str, float]:
-    """Train one probe per layer of ``train`` with a cosine schedule; test top-1 per layer.
+    """Train one probe per layer of ``train`` (cosine schedule by default); test top-1 per layer.
 
     With ``val``, the same trained probes are scored on it too, under ``val/<layer>`` keys.
 
@@ -123,6 +139,10 @@ def fit_linear_probes(
         device: where to train.
         optimizer: ``adamw`` or ``sgd`` (:func:`probe_optimizer`).
         on_epoch: called after each epoch (progress reporting).
+        val: validation features, scored like ``test``.
+        grids: layer -> pooling grid of the features (for ``head.kind == "conv"``).
+        head, head_hidden_dim, head_channels: the classifier per layer (:class:`ProbeHead`).
+        schedule: the learning rate over the run's steps; None: cosine from lr to zero, no warmup.
 
     Returns:
         layer -> test top-1 accuracy in percent (and ``val/<layer>`` -> validation top-1 with ``val``).
@@ -130,13 +150,14 @@ def fit_linear_probes(
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    probe = MultiLayerProbe({layer: t.shape[1] for layer, t in train.features.items()}, num_classes).to(
+    dims = {layer: t.shape[1] for layer, t in train.features.items()}
+    probe = MultiLayerProbe(dims, num_classes, grids, ProbeHead(head, head_hidden_dim, head_channels)).to(
         device
     )
     opt = probe_optimizer(probe.parameters(), optimizer, lr, weight_decay)
     steps_per_epoch = max(1, len(train) // batch_size)  # full batches only (BatchNorm needs 2+ samples)
     total = epochs * steps_per_epoch
-    scheduler = warmup_cosine(opt, total, warmup_fraction=0.0)  # cosine from lr to zero, no warmup
+    scheduler = probe_schedule(opt, total, schedule)
     features = {layer: t.to(device) for layer, t in train.features.items()}
     labels = train.labels.to(device)
     for _ in range(epochs):

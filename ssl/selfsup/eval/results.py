@@ -109,12 +109,16 @@ class Comparison:
 
 @dataclass(frozen=True)
 class ProbeResults:
-    """The ``linear_probe`` section: settings, each encoder's probes, and the comparison if one was made."""
+    """The ``linear_probe`` section: settings, each encoder's probes, and the comparison if one was made.
+
+    ``head`` is the classifier each layer got (``linear``, ``mlp`` or ``conv``; selfsup.eval.probe_heads).
+    """
 
     mode: str
     seeds: tuple[int, ...]
     encoders: dict[str, EncoderProbe] = field(default_factory=dict)
     comparison: Comparison | None = None
+    head: str = "linear"
 
     def has_validation(self) -> bool:
         """Whether every probed layer of every encoder was scored on a validation split."""
@@ -132,6 +136,7 @@ class ProbeResults:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "mode": self.mode,
+            "head": self.head,
             "seeds": list(self.seeds),
             "encoders": {label: e.to_dict() for label, e in self.encoders.items()},
         }
@@ -147,6 +152,7 @@ class ProbeResults:
             seeds=tuple(data["seeds"]),
             encoders={label: EncoderProbe.from_dict(e) for label, e in data["encoders"].items()},
             comparison=None if comparison is None else Comparison.from_dict(comparison),
+            head=data.get("head", "linear"),  # runs written before heads were configurable
         )
 
 

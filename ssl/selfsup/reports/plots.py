@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from selfsup.eval.probe_heads import HEAD_TITLES
 from selfsup.eval.results import ProbeResults
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def probe_layers(
         )
     ax.set_xticks(x, layers)
     ax.set_ylabel("top-1 % (test)")
-    ax.set_title("Linear probe per layer")
+    ax.set_title(f"{HEAD_TITLES.get(probe.head, probe.head)} per layer")
     # Below the axis: bars start under the y range's bottom, so a legend inside would hide them.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(present), frameon=False)
     low = min(r.top1.mean for e in present for r in probe.encoders[e].layers.values())

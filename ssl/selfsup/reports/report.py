@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.atomic import atomic_write_text
+from selfsup.eval.probe_heads import HEAD_TITLES
 from selfsup.eval.results import FinetuneResults, KnnResults, ProbeResults
 from selfsup.run_dir import RunDir
 
@@ -127,6 +128,11 @@ def pretrain_rows(pretrain: Mapping[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def probe_title(probe: ProbeResults) -> str:
+    """What the probes were: linear, or the head they had (eval.linear_probe.head)."""
+    return HEAD_TITLES.get(probe.head, f"{probe.head} probe")
+
+
 def probe_intro(probe: ProbeResults) -> str:
     seeds = list(probe.seeds)
     text = f"Top-1 % over {len(seeds)} probe seeds {seeds}, mean ± std."
@@ -159,7 +165,14 @@ def _sections(metrics: Mapping[str, Any]) -> list[str]:
     parts: list[str] = []
     if metrics.get("linear_probe"):
         probe = ProbeResults.from_dict(metrics["linear_probe"])
-        parts += ["## Linear probe", "", probe_intro(probe), "", markdown_table(*probe_table(probe)), ""]
+        parts += [
+            f"## {probe_title(probe)}",
+            "",
+            probe_intro(probe),
+            "",
+            markdown_table(*probe_table(probe)),
+            "",
+        ]
     if metrics.get("knn"):
         knn = KnnResults.from_dict(metrics["knn"])
         parts += ["## kNN", "", knn_intro(knn), "", markdown_table(*knn_table(knn)), ""]

@@ -27,7 +27,7 @@ from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import project_2d, subsample
 from selfsup.eval.results import KnnResults, ProbeResults
 from selfsup.reports import plots
-from selfsup.reports.report import Table, cell, knn_table, probe_table, write_report
+from selfsup.reports.report import Table, cell, knn_table, probe_table, probe_title, write_report
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, build_pretext_encoder
 from selfsup.stages.pretrain import first_process, pretrain
@@ -60,7 +60,8 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, seconds: float, consol
         splits = "validation and test splits" if probe.has_validation() else "test split"
         console.print(
             rich_table(
-                f"Linear probe, top-1 % on the {splits} (mean ± std over probe seeds)", probe_table(probe)
+                f"{probe_title(probe)}, top-1 % on the {splits} (mean ± std over probe seeds)",
+                probe_table(probe),
             )
         )
         if probe.comparison is not None:
@@ -190,8 +191,9 @@ def write_run_report(
     folder = run_dir.figures
     figures: dict[str, Path | None] = {}
     if metrics.get("linear_probe"):
-        figures["linear probe per layer"] = plots.probe_layers(
-            ProbeResults.from_dict(metrics["linear_probe"]),
+        probe = ProbeResults.from_dict(metrics["linear_probe"])
+        figures[f"{probe_title(probe).lower()} per layer"] = plots.probe_layers(
+            probe,
             folder / "probe_layers.png",
             (PRETRAINED, RANDOM_INIT),
         )

@@ -1,4 +1,4 @@
-"""Frozen-encoder evaluation: linear probes (one or many layers) and kNN, on cached features.
+"""Frozen-encoder evaluation: probes (one or many layers; linear, MLP or conv heads) and kNN.
 
 Features of each exported encoder are extracted once per (weights, images, preprocessing, layers,
 pooling), cached on disk, and shared by the probes of every seed and by kNN.
@@ -17,15 +17,16 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from selfsup import progress
-from selfsup.config import check_eval_config, require_encoders
+from selfsup.config import build, check_eval_config, require_encoders
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.encoders import export
-from selfsup.encoders.base import Encoder
+from selfsup.encoders.base import Encoder, feature_shapes
 from selfsup.errors import ConfigError, NonFiniteError
 from selfsup.eval.augmented_probe import AugmentedProbe, dims_of
 from selfsup.eval.features import FeatureCache, FeatureSet, cached_features, probe_grids, resolve_token_pool
 from selfsup.eval.knn import knn_accuracy
-from selfsup.eval.linear_probe import fit_linear_probes
+from selfsup.eval.linear_probe import ScheduleFactory, fit_linear_probes
+from selfsup.eval.probe_heads import ProbeHead
 from selfsup.eval.results import EncoderProbe, FrozenEval, KnnResults, LayerResult, ProbeResults
 from selfsup.eval.stats import SeedStats
 from selfsup.run_dir import RunDir
@@ -100,6 +101,8 @@ def evaluate_frozen(
             )
         else:  # kNN alone: feature maps are pooled to 1 x 1
             grids = probe_grids(encoder, datamodule.image_size, every_layer, 1)
+        if probe_cfg is not None and probe_cfg.head == "conv":
+            _require_maps(encoder, datamodule.image_size, layers)
         wanted = list(dict.fromkeys([*([] if augmented else layers), *knn_layers]))
         started = time.perf_counter()
         if wanted:
@@ -137,7 +140,10 @@ def evaluate_frozen(
         probe=None
         if probe_cfg is None
         else ProbeResults(
-            "augmented" if augmented else "cached", tuple(int(s) for s in probe_cfg.seeds), probes
+            "augmented" if augmented else "cached",
+            tuple(int(s) for s in probe_cfg.seeds),
+            probes,
+            head=str(probe_cfg.head),
         ),
         knn=None
         if knn_cfg is None
@@ -151,6 +157,31 @@ def evaluate_frozen(
         timing=timing,
     )
     return results, features
+
+
+def probe_head(probe_cfg: DictConfig) -> ProbeHead:
+    """The classifier each layer gets, from ``eval.linear_probe.head``, ``head_hidden_dim``, ``head_channels``."""
+    hidden = probe_cfg.head_hidden_dim
+    return ProbeHead(
+        str(probe_cfg.head), None if hidden is None else int(hidden), int(probe_cfg.head_channels)
+    )
+
+
+def probe_schedule_factory(probe_cfg: DictConfig) -> ScheduleFactory:
+    """``eval.linear_probe.schedule`` built: ``factory(optimizer, total_steps)``."""
+    return build("eval.linear_probe.schedule", probe_cfg.schedule)
+
+
+def _require_maps(encoder: Encoder, image_size: int, layers: list[str]) -> None:
+    """The conv head reads a spatial map; refuse layers that are vectors (pooled outputs, ViT tokens)."""
+    shapes = feature_shapes(encoder, image_size, layers)
+    flat = [layer for layer, shape in shapes.items() if len(shape) != 3]
+    if flat:
+        raise ConfigError(
+            "eval.linear_probe.head",
+            f"the conv head needs a feature map, but {', '.join(flat)} of {type(encoder).__name__} "
+            "is a vector (a pooled output or tokens); probe those with head=mlp or head=linear",
+        )
 
 
 def _features(
@@ -205,6 +236,7 @@ def _probe(
 
     epochs = int(probe_cfg.epochs)
     what = f"{len(layers)} layers" if len(layers) > 1 else layers[0]
+    head, schedule = probe_head(probe_cfg), probe_schedule_factory(probe_cfg)
 
     def one_seed(seed: int) -> dict[str, float]:
         with progress.task(f"probes: {label} / {what} / seed {seed}", epochs, "epochs") as advance:
@@ -221,6 +253,11 @@ def _probe(
                 device=device,
                 on_epoch=advance,
                 val=val,
+                grids=grids,
+                head=head.kind,
+                head_hidden_dim=head.hidden_dim,
+                head_channels=head.channels,
+                schedule=schedule,
             )
 
     runs = [one_seed(int(seed)) for seed in probe_cfg.seeds]
@@ -292,6 +329,8 @@ def _augmented_run(
         float(probe_cfg.weight_decay),
         datamodule.prepare_batch,
         str(probe_cfg.optimizer),
+        probe_head(probe_cfg),
+        probe_schedule_factory(probe_cfg),
     )
     device = resolve_device(probe_cfg.device)
     trainer = pl.Trainer(
