@@ -128,6 +128,7 @@ def test_the_best_layer_is_chosen_on_validation_never_on_test() -> None:
     headline = headline_metrics({"linear_probe": data})
     assert headline["probe_best_layer"] == "stage2" and headline["probe_best_val"] == 70.5
     assert headline["probe_best"] == 50.5, "the chosen layer's test accuracy is reported"
+    assert headline["gain_best"] == 5.0, "and the gain over random init there (on test), not stage3's"
 
 
 def test_comparison_needs_a_shared_layer() -> None:

@@ -132,3 +132,20 @@ def test_varying_labels_show_settings_missing_from_some_runs() -> None:
     ]
     assert varying_labels(rows) == ["optim.lr=0.001", "optim.lr=-"]
     assert varying_labels([{"run": "a"}, {"run": "b"}]) == ["a", "b"]
+
+
+def test_negative_gains_are_drawn_left_of_a_zero_line(tmp_path: Path, monkeypatch) -> None:
+    """Gains below random init are the common case of a short pretraining: their bars must show."""
+    from selfsup.reports import plots
+
+    limits: list[tuple[float, float]] = []
+    real_save = plots._save
+
+    def save(fig, path):
+        limits.append(fig.axes[0].get_xlim())
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    plots.comparison(["a", "b"], [0.5, -3.0], tmp_path / "gain.png", "gain", "points")
+    low, high = limits[0]
+    assert low < -3.0 and high > 0.5 and (tmp_path / "gain.png").stat().st_size > 1000

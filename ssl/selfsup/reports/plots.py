@@ -155,7 +155,10 @@ def comparison(
     ax.barh(y, values, xerr=spread if errors is not None else None, capsize=3, color="tab:blue")
     for i, (value, err) in enumerate(zip(values, spread, strict=True)):
         text = f"{value:.2f}" + (f" ± {err:.2f}" if errors is not None else "")
-        ax.text(value + err, i, f"  {text}", va="center", fontsize=8)
+        if value < 0:  # the value beyond the bar's end, on its side of zero
+            ax.text(value - err, i, f"{text}  ", va="center", ha="right", fontsize=8)
+        else:
+            ax.text(value + err, i, f"  {text}", va="center", fontsize=8)
     if chance is not None and any(c is not None for c in chance):
         for i, level in enumerate(chance):
             if level is not None:
@@ -163,7 +166,14 @@ def comparison(
         xlabel += " (dashed: chance)"  # in the label, not a legend that would cover bars or the axis
     ax.set_yticks(y, wrapped, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, max((v + e for v, e in zip(values, spread, strict=True)), default=1.0) * 1.3 or 1.0)
+    high = max((v + e for v, e in zip(values, spread, strict=True)), default=1.0)
+    low = min((v - e for v, e in zip(values, spread, strict=True)), default=0.0)
+    if low < 0:  # gains can be negative: room for the text on both sides, and the zero line
+        reach = max(abs(low), abs(high)) * 1.6 or 1.0
+        ax.set_xlim(-reach, reach)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+    else:
+        ax.set_xlim(0, high * 1.3 or 1.0)
     ax.set_xlabel(xlabel)
     ax.set_title(textwrap.fill(title, int(width * 11)), fontsize=10)  # about 11 characters an inch
     return _save(fig, path)

@@ -144,6 +144,8 @@ def _probe_columns(probe: ProbeResults) -> dict[str, Any]:
         out["probe_best"] = layers[best].top1.mean
         out["probe_best_std"] = layers[best].top1.std
         out["probe_best_layer"] = best
+        if probe.comparison is not None and best in probe.comparison.layers:
+            out["gain_best"] = probe.comparison.layers[best].gain
     return out
 
 
@@ -192,6 +194,11 @@ def summarize(sweep_dir: str | Path) -> Path | None:
             "`probe_best` is the test accuracy of each run's best probed layer (`probe_best_layer`), chosen on",
             "the validation split (`probe_best_val`), never on test; compare runs that probe the same layers,",
             "or by a fixed `probe_<layer>` column.",
+            *(
+                ["`gain_best` is the pretrained encoder's gain over its random initialization at that layer."]
+                if "gain_best" in columns
+                else []
+            ),
             "",
         ]
     if failed:
@@ -262,6 +269,10 @@ TITLES = {
         "Linear probe at each run's best layer on validation",
         "top-1 % (test), ± std over probe seeds",
     ),
+    "gain_best": (
+        "Linear-probe gain over the random initialization, at each run's best layer on validation",
+        "top-1 points (test), pretrained - random init",
+    ),
     "knn_top1": ("kNN", "top-1 % (test)"),
     "finetune_": ("Fine-tuning", "top-1 % (test), ± std over seeds"),
 }
@@ -312,7 +323,7 @@ def _bars(rows: list[dict[str, Any]], metric: str, folder: Path, chance: str | N
     else:
         prefix = next(p for p in TITLES if metric.startswith(p))
         title, xlabel = TITLES[prefix]
-        title += f": {metric}" if prefix != "probe_best" else ""
+        title += f": {metric}" if prefix not in ("probe_best", "gain_best") else ""
     return plots.comparison(
         varying_labels(have),
         [float(r[metric]) for r in have],
