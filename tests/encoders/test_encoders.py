@@ -110,11 +110,42 @@ def test_vit_takes_other_image_sizes(pos_embed: str) -> None:
         assert vit.patch_position_embedding(8, 8).shape == (1, 64, 32)
 
 
-def test_vit_mean_pool_is_the_mean_patch_token() -> None:
+def test_vit_mean_pool_is_maes_fc_norm_of_the_mean_patch_token() -> None:
+    """MAE's global pool: fc_norm(x[:, 1:].mean(dim=1)), the mean normalized, not the normalized mean."""
     vit = ViTEncoder(image_size=16, patch_size=4, width=32, depth=1, num_heads=2, pool="mean").eval()
+    with torch.no_grad():  # a LayerNorm with its own scale and shift, so the order of the two matters
+        vit.norm.weight.uniform_(0.5, 1.5)
+        vit.norm.bias.uniform_(-0.5, 0.5)
     images = torch.randn(2, 3, 16, 16)
-    tokens = vit.norm(vit.blocks(vit.add_class_token(vit.embed_patches(images))))
-    assert torch.allclose(vit(images), tokens[:, 1:].mean(dim=1), atol=1e-6)
+    tokens = vit.blocks(vit.add_class_token(vit.embed_patches(images)))
+    assert torch.allclose(vit(images), vit.norm(tokens[:, 1:].mean(dim=1)), atol=1e-6)
+    assert not torch.allclose(vit(images), vit.norm(tokens)[:, 1:].mean(dim=1), atol=1e-3)
+    cls = ViTEncoder(image_size=16, patch_size=4, width=32, depth=1, num_heads=2).eval()
+    cls.load_state_dict(vit.state_dict())
+    assert torch.allclose(cls(images), vit.norm(tokens)[:, 0], atol=1e-6)
+    assert torch.allclose(vit.forward_features(images, ["pooled"])["pooled"], vit(images), atol=1e-6)
+
+
+def test_mae_init_is_maes_initialize_weights() -> None:
+    """models_mae.py: patch projection Xavier-uniform as a Linear, cls N(0, .02), Linears Xavier, zero biases."""
+    import math
+
+    torch.manual_seed(0)
+    vit = ViTEncoder(image_size=32, patch_size=4, width=192, depth=2, num_heads=3, init="mae")
+    proj = vit.patch_proj.weight.view(192, -1)  # (width, 3 * 4 * 4)
+    bound = math.sqrt(6 / (proj.shape[0] + proj.shape[1]))
+    assert proj.abs().max() <= bound and proj.abs().max() > 0.95 * bound, "Xavier-uniform over (192, 48)"
+    assert vit.class_token.std().item() == pytest.approx(0.02, rel=0.2)
+    mlp = vit.blocks[0].mlp[0]
+    assert isinstance(mlp, torch.nn.Linear) and torch.all(mlp.bias == 0)
+    assert mlp.weight.abs().max() <= math.sqrt(6 / (192 + 768))
+    attention = vit.blocks[0].self_attention
+    assert torch.all(attention.in_proj_bias == 0) and torch.all(attention.out_proj.bias == 0)
+    assert attention.in_proj_weight.abs().max() <= math.sqrt(6 / (192 + 3 * 192))
+    default = ViTEncoder(image_size=32, patch_size=4, width=192, depth=2, num_heads=3)
+    assert torch.all(default.class_token == 0), "torchvision's own initialization stays the default"
+    with pytest.raises(ValueError, match="init must be"):
+        ViTEncoder(image_size=32, patch_size=4, width=192, depth=2, num_heads=3, init="timm")
 
 
 def test_sincos_embedding_matches_mae_formula() -> None:

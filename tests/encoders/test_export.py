@@ -88,6 +88,7 @@ NON_DEFAULT = {
         mlp_ratio=2.0,
         pool="mean",
         pos_embed="learned",
+        init="mae",
     ),
 }
 

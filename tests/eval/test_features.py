@@ -112,12 +112,14 @@ def test_token_pool_applies_to_a_vits_pooled_output_too() -> None:
     dm, encoder = _datamodule(), _vit("cls")
     images = dm.to_device(next(iter(dm.labeled_dataloader("train", augment=False))), "cpu")["image"]
     with torch.no_grad():
-        tokens = encoder.norm(encoder.blocks(encoder.add_class_token(encoder.embed_patches(images))))
+        raw = encoder.blocks(encoder.add_class_token(encoder.embed_patches(images)))
+        tokens = encoder.norm(raw)
     own = extract_features(encoder, dm, "train", ["pooled"], dtype=torch.float32)
     mean = extract_features(encoder, dm, "train", ["pooled"], token_pool="mean", dtype=torch.float32)
     assert resolve_token_pool(encoder, None) == "cls" and resolve_token_pool(_vit("mean"), None) == "mean"
     assert torch.allclose(own.features["pooled"][:5], tokens[:, 0], atol=1e-5)
-    assert torch.allclose(mean.features["pooled"][:5], tokens[:, 1:].mean(1), atol=1e-5)
+    # MAE's fc_norm(mean): the mean patch token, then the final LayerNorm
+    assert torch.allclose(mean.features["pooled"][:5], encoder.norm(raw[:, 1:].mean(1)), atol=1e-5)
     assert encoder.token_pool == "cls", "asking for another pooling does not change the encoder"
     assert torch.allclose(encoder.eval()(images), tokens[:, 0], atol=1e-5)
 

@@ -55,9 +55,14 @@ class ViTEncoder(Encoder):
         depth: number of transformer blocks.
         num_heads: attention heads per block.
         mlp_ratio: hidden width of each block's MLP over ``width``.
-        pool: ``cls`` (class token) or ``mean`` (mean of the patch tokens) for the pooled output;
-            kept as :attr:`token_pool` (``pool`` is the export config's key).
+        pool: ``cls`` (the class token) or ``mean`` for the pooled output, both through the final
+            LayerNorm: ``mean`` averages the last block's patch tokens and then normalizes, as MAE's
+            ``fc_norm(x[:, 1:].mean(dim=1))`` (its global pooling for fine-tuning); kept as
+            :attr:`token_pool` (``pool`` is the export config's key).
         pos_embed: ``sincos`` (fixed, MAE) or ``learned``.
+        init: ``torchvision`` (VisionTransformer's own initialization) or ``mae`` (MAE's
+            ``initialize_weights``: the patch projection Xavier-uniform as the Linear it is, the class
+            token N(0, 0.02), every Linear Xavier-uniform with zero bias, LayerNorms at 1 and 0).
 
     Parameters are keyword-only. ``image_size``, ``width`` and ``num_heads`` have no defaults: the
     encoder yamls set them (conf/encoder/vit_*.yaml).
@@ -85,10 +90,13 @@ class ViTEncoder(Encoder):
         mlp_ratio: float = 4.0,
         pool: str = "cls",
         pos_embed: str = "sincos",
+        init: str = "torchvision",
     ) -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        if init not in ("torchvision", "mae"):
+            raise ValueError(f"init must be 'torchvision' or 'mae', got {init!r}")
         if pos_embed not in ("sincos", "learned"):
             raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
         if image_size % patch_size:
@@ -117,6 +125,8 @@ class ViTEncoder(Encoder):
         self.norm = vit.encoder.ln
         self.out_dim = width
         self.stage_names = ("patch_embed", *(f"block{i + 1}" for i in range(depth)))
+        if init == "mae":
+            mae_init(self)
 
     def embed_patches(self, images: Tensor) -> Tensor:
         """Patch tokens with their position embedding, no class token.
@@ -170,7 +180,10 @@ class ViTEncoder(Encoder):
         return {"class_token", "pos_embedding"}
 
     def pool_tokens(self, tokens: Tensor, pool: str | None = None) -> Tensor:
-        """(B, 1 + L, width) normalized tokens -> (B, width).
+        """(B, 1 + L, width) tokens of the last block, before the final LayerNorm -> (B, width).
+
+        ``cls``: the normalized class token; ``mean``: the normalized mean of the patch tokens (MAE's
+        ``fc_norm`` of the mean), not the mean of normalized tokens.
 
         Args:
             tokens: the class token first.
@@ -178,14 +191,13 @@ class ViTEncoder(Encoder):
         """
         pool = pool or self.token_pool
         if pool == "cls":
-            return tokens[:, 0]
+            return self.norm(tokens[:, 0])
         if pool == "mean":
-            return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+            return self.norm(tokens[:, self.num_prefix_tokens :].mean(dim=1))
         raise ValueError(f"token pool must be 'cls' or 'mean', got {pool!r}")
 
     def forward(self, images: Tensor) -> Tensor:
-        tokens = self.blocks(self.add_class_token(self.embed_patches(images)))
-        return self.pool_tokens(self.norm(tokens))
+        return self.pool_tokens(self.blocks(self.add_class_token(self.embed_patches(images))))
 
     def forward_features(
         self, images: Tensor, layers: Sequence[str], token_pool: str | None = None
@@ -201,7 +213,7 @@ class ViTEncoder(Encoder):
             tokens = block(tokens)
             out[f"block{i + 1}"] = tokens
         if "pooled" in wanted:
-            out["pooled"] = self.pool_tokens(self.norm(tokens), token_pool)
+            out["pooled"] = self.pool_tokens(tokens, token_pool)
         return {name: out[name] for name in layers}
 
     def stage_modules(self) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
@@ -229,3 +241,31 @@ class ViTEncoder(Encoder):
             raise ValueError(
                 f"image size {image_size} px is not a multiple of the ViT's patch size {self.patch_size}"
             )
+
+
+def mae_init(encoder: ViTEncoder) -> None:
+    """MAE's ``initialize_weights`` (models_mae.py) on a torchvision-built ViT.
+
+    The patch projection is a Conv2d whose kernel equals its stride, i.e. a Linear on flattened
+    patches: Xavier-uniform over its (width, 3 * p * p) view. Every Linear (the MLPs and attention
+    output projections) Xavier-uniform with zero bias; the attention's fused input projection, a
+    Parameter in torch's MultiheadAttention, the same over its (3 * width, width) matrix as timm's
+    qkv Linear, with zero bias; LayerNorms weight 1, bias 0; the class token N(0, 0.02). The sin-cos
+    position embedding is fixed and left as it is.
+    """
+    with torch.no_grad():
+        weight = encoder.patch_proj.weight
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))  # its bias stays torchvision's zero
+        nn.init.normal_(encoder.class_token, std=0.02)
+        for module in encoder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+                nn.init.xavier_uniform_(module.in_proj_weight)
+                if module.in_proj_bias is not None:
+                    nn.init.zeros_(module.in_proj_bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)

@@ -31,7 +31,7 @@ from selfsup.modes import evaluating
 log = logging.getLogger(__name__)
 
 # Part of every cache key: raise it when extraction or pooling changes, so that old files are not reused.
-FEATURES_VERSION = 3
+FEATURES_VERSION = 4  # 4: a ViT's mean pool normalizes after averaging (MAE's fc_norm)
 
 
 @dataclass
