@@ -7,6 +7,7 @@ make sense together; those checks live here and fail with a :class:`ConfigError`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -212,7 +213,7 @@ def require_encoders(cfg: DictConfig, empty: str) -> dict[str, str]:
 
 def check_eval_config(cfg: DictConfig) -> None:
     """Value checks on ``cfg.eval``'s frozen-feature sections (``linear_probe``, ``knn``), before any work."""
-    from selfsup.eval.linear_probe import PROBE_OPTIMIZERS
+    from selfsup.eval.linear_probe import LARS_NEEDS_TIMM, PROBE_OPTIMIZERS
     from selfsup.eval.probe_heads import PROBE_HEADS
 
     check_complete(cfg)
@@ -230,6 +231,8 @@ def check_eval_config(cfg: DictConfig) -> None:
             require_choice(cfg, "eval.linear_probe.token_pool", ("cls", "mean"))
         require_choice(cfg, "eval.linear_probe.mode", ("cached", "augmented"))
         require_choice(cfg, "eval.linear_probe.optimizer", PROBE_OPTIMIZERS)
+        if select(cfg, "eval.linear_probe.optimizer") == "lars" and importlib.util.find_spec("timm") is None:
+            raise ConfigError("eval.linear_probe.optimizer", LARS_NEEDS_TIMM)
         if not select(cfg, "eval.linear_probe.seeds"):
             raise ConfigError("eval.linear_probe.seeds", "needs at least one seed")
     if cfg.eval.get("knn") is not None:

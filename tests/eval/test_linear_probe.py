@@ -83,8 +83,8 @@ def test_sgd_probe_uses_momentum_and_l2_decay() -> None:
     group = optimizer.param_groups[0]
     assert isinstance(optimizer, torch.optim.SGD)
     assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 5e-4, True)
-    with pytest.raises(ValueError, match=r"adamw.*sgd.*got 'lars'"):
-        probe_optimizer([], "lars", 0.1, 0.0)
+    with pytest.raises(ValueError, match=r"adamw.*sgd.*lars.*got 'lamb'"):
+        probe_optimizer([], "lamb", 0.1, 0.0)
 
 
 def test_heads_trained_together_equal_heads_trained_alone() -> None:

@@ -156,3 +156,72 @@ def test_a_conv_head_on_a_vector_layer_is_one_config_error(make_cfg, tmp_path: P
     )  # fmt: skip
     with pytest.raises(ConfigError, match="conv head needs a feature map, but pooled of NINEncoder"):
         run_probe(cfg)
+
+
+def _mae_lars_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list, lr: float) -> None:
+    """MAE's util/lars.py step (weight decay 0, momentum 0.9, trust 0.001), written from its source."""
+    for i, (p, dp) in enumerate(zip(params, grads, strict=True)):
+        if p.ndim > 1:  # not a bias or normalization parameter
+            param_norm, update_norm = torch.norm(p), torch.norm(dp)
+            one = torch.ones_like(param_norm)
+            q = torch.where(
+                param_norm > 0.0, torch.where(update_norm > 0, 0.001 * param_norm / update_norm, one), one
+            )
+            dp = dp.mul(q)
+        bufs[i] = dp.clone() if bufs[i] is None else bufs[i].mul(0.9).add(dp)
+        p.add_(bufs[i], alpha=-lr)
+
+
+def test_the_lars_probe_optimizer_steps_as_maes_lars() -> None:
+    pytest.importorskip("timm")
+    from selfsup.eval.linear_probe import probe_optimizer
+
+    torch.manual_seed(0)
+    head = LinearProbe(6, 3).linear  # a weight matrix (adapted) and a bias (plain momentum SGD)
+    reference = [p.detach().clone() for p in head.parameters()]
+    optimizer = probe_optimizer(head.parameters(), "lars", lr=0.4, weight_decay=0.0)
+    bufs: list = [None, None]
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in head.parameters()]
+        for p, g in zip(head.parameters(), grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        _mae_lars_step(reference, grads, bufs, lr=0.4)
+        for ours, theirs in zip(head.parameters(), reference, strict=True):
+            assert torch.allclose(ours, theirs, atol=1e-6), f"step {step}"
+    assert [g["always_adapt"] for g in optimizer.param_groups] == [True, False]
+
+
+def test_lars_without_timm_is_one_config_error(make_cfg, monkeypatch) -> None:
+    import importlib.util
+
+    from selfsup.config import check_eval_config
+    from selfsup.errors import ConfigError
+
+    cfg = make_cfg(["eval=mae_linear", "+encoders.x=/nowhere"], config_name="probe")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"eval.linear_probe.optimizer.*pip install -e '.\[lars\]'"):
+        check_eval_config(cfg)
+
+
+def test_maes_linear_probe_runs_on_an_exported_vit(make_cfg, tmp_path: Path) -> None:
+    """eval=mae_linear: the class token, LARS, 10 of 90 epochs of warmup; here one epoch on a small ViT."""
+    pytest.importorskip("timm")
+    from selfsup.encoders import ViTEncoder, save
+    from selfsup.stages.probe import probe as run_probe
+
+    cfg = make_cfg(["eval=mae_linear"], config_name="probe")
+    assert cfg.eval.linear_probe.schedule.warmup_fraction * 90 == pytest.approx(10, abs=1e-4)
+    vit = ViTEncoder(image_size=32, patch_size=8, width=32, depth=2, num_heads=2, init="mae")
+    folder = save(vit, tmp_path / "vit", {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    cfg = make_cfg(
+        [*FAST_DATA, "eval=mae_linear", f"+encoders.mae={folder}", "eval.linear_probe.epochs=1",
+         "eval.linear_probe.batch_size=16", f"paths.run_dir={tmp_path / 'run'}"],
+        config_name="probe",
+    )  # fmt: skip
+    results = run_probe(cfg)["linear_probe"]
+    assert results["mode"] == "augmented" and results["head"] == "linear"
+    assert list(results["encoders"]["mae"]["layers"]) == ["pooled"]

@@ -56,20 +56,44 @@ class MultiLayerProbe(nn.Module):
         return sum((F.cross_entropy(logits, labels) for logits in self(features).values()), torch.zeros(()))
 
 
-PROBE_OPTIMIZERS = ("adamw", "sgd")
+PROBE_OPTIMIZERS = ("adamw", "sgd", "lars")
 
 
 def probe_optimizer(
     params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
-    """The probes' optimizer: ``adamw`` (decoupled weight decay), or ``sgd`` with momentum and L2 weight
-    decay, the optimizer of Goyal et al. 2019 and VISSL's linear evaluation (lr 0.01 per 256 images,
-    momentum 0.9, weight decay 5e-4), for numbers comparable with their tables."""
+    """The probes' optimizer.
+
+    - ``adamw``: decoupled weight decay.
+    - ``sgd``: Nesterov momentum and L2 weight decay, the optimizer of Goyal et al. 2019 and VISSL's
+      linear evaluation (lr 0.01 per 256 images, momentum 0.9, weight decay 5e-4).
+    - ``lars``: MAE's linear-probe optimizer (its util/lars.py), as timm's ``Lars`` (``pip install
+      -e '.[lars]'``): momentum 0.9, trust coefficient 0.001, the layer-wise trust ratio on every
+      weight matrix and none on biases and other 1-D parameters, as MAE excludes them.
+    """
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    if name == "lars":
+        return _lars(list(params), lr, weight_decay, momentum)
     raise ValueError(f"probe optimizer must be one of {list(PROBE_OPTIMIZERS)}, got {name!r}")
+
+
+def _lars(params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """timm's LARS with MAE's grouping: adapted weight matrices, plain momentum SGD for 1-D parameters."""
+    try:
+        from timm.optim import Lars
+    except ImportError:
+        raise ImportError(LARS_NEEDS_TIMM) from None
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "always_adapt": True, "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "always_adapt": False, "weight_decay": 0.0},
+    ]
+    return Lars([g for g in groups if g["params"]], lr=lr, momentum=momentum, trust_coeff=0.001)
+
+
+LARS_NEEDS_TIMM = "the lars probe optimizer is timm's: pip install -e '.[lars]' (timm>=0.9)"
 
 
 def probe_schedule(
