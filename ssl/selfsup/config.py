@@ -273,17 +273,27 @@ def check_finetune_config(cfg: DictConfig, encoder: Encoder | None = None) -> No
     require_number(cfg, f"{key}.layer_decay", "in (0, 1] (1 switches it off)", lambda v: 0 < v <= 1)
     require_number(cfg, f"{key}.weight_decay", "a non-negative number", lambda v: v >= 0)
     require_number(cfg, f"{key}.label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)
+    for name in ("mixup", "cutmix"):
+        require_number(
+            cfg, f"{key}.{name}", "a non-negative Beta alpha (0 switches it off)", lambda v: v >= 0
+        )
+    require_number(cfg, f"{key}.drop_path", "in [0, 1)", lambda v: 0 <= v < 1)
     freeze_until = select(cfg, f"{key}.freeze_until")
     if freeze_until is not None and not isinstance(freeze_until, str):
         raise ConfigError(f"{key}.freeze_until", f"must be a stage name or null, got {freeze_until!r}")
     if encoder is not None:
-        check_finetune_encoder(encoder, freeze_until)
+        check_finetune_encoder(encoder, freeze_until, drop_path=float(select(cfg, f"{key}.drop_path")))
 
 
 def check_finetune_encoder(
-    encoder: Encoder, freeze_until: str | None, image_size: int | None = None, where: str = ""
+    encoder: Encoder,
+    freeze_until: str | None,
+    image_size: int | None = None,
+    where: str = "",
+    drop_path: float = 0.0,
 ) -> None:
-    """``freeze_until`` names one of the encoder's stages, and the encoder takes ``image_size`` px images.
+    """``freeze_until`` names one of the encoder's stages, the encoder takes ``image_size`` px images,
+    and it has stochastic depth when ``drop_path`` asks for it (a ViT).
 
     ``where`` is appended to the message (which encoder it was).
     """
@@ -293,6 +303,11 @@ def check_finetune_encoder(
         frozen_stages(encoder.stage_names, freeze_until)
     except ValueError as e:
         raise ConfigError(f"{FINETUNE}.freeze_until", f"{e}{where}") from None
+    if drop_path > 0 and not hasattr(encoder, "set_drop_path"):
+        raise ConfigError(
+            f"{FINETUNE}.drop_path",
+            f"{type(encoder).__name__} has no stochastic depth (a ViT has); set it to 0{where}",
+        )
     if image_size is not None:
         try:
             encoder.check_image_size(image_size)
@@ -301,13 +316,17 @@ def check_finetune_encoder(
 
 
 def check_finetune_exports(
-    encoders: Mapping[str, str | os.PathLike[str]], freeze_until: str | None, image_size: int
+    encoders: Mapping[str, str | os.PathLike[str]],
+    freeze_until: str | None,
+    image_size: int,
+    drop_path: float = 0.0,
 ) -> None:
     """:func:`check_finetune_encoder` on every export (label -> folder), each named in the error."""
     from selfsup.encoders import export
 
     for label, path in encoders.items():
-        check_finetune_encoder(export.load(path), freeze_until, image_size, f" (encoder '{label}' at {path})")
+        where = f" (encoder '{label}' at {path})"
+        check_finetune_encoder(export.load(path), freeze_until, image_size, where, drop_path)
 
 
 def check_projection(cfg: DictConfig, method_key: str, max_points_key: str) -> str | None:

@@ -185,3 +185,55 @@ def test_a_vit_takes_another_image_size_and_class_count() -> None:
     assert logits.shape == (2, 3)
     logits.sum().backward()
     assert model.encoder.patch_proj.weight.grad is not None
+
+
+def test_drop_path_rises_over_the_blocks_and_is_off_in_eval() -> None:
+    """Stochastic depth (timm's rule: block k of d drops with rate * k / (d - 1)), no new parameters."""
+    vit = _vit(depth=3)
+    keys = list(vit.state_dict())
+    vit.set_drop_path(0.4)
+    assert [b.drop_path.p for b in vit.blocks] == pytest.approx([0.0, 0.2, 0.4])
+    assert list(vit.state_dict()) == keys, "an export's parameter names do not change"
+    plain = _vit(depth=3)
+    plain.load_state_dict(vit.state_dict())
+    images = torch.randn(8, 3, 16, 16)
+    vit.eval(), plain.eval()
+    assert torch.allclose(vit(images), plain(images), atol=1e-6), "no dropping at test time"
+    vit.train()
+    torch.manual_seed(0)
+    first = vit(images)
+    assert not torch.allclose(first, vit(images)), "training drops residual branches at random"
+    with pytest.raises(ValueError, match=r"drop path rate must be in \[0, 1\)"):
+        vit.set_drop_path(1.0)
+
+
+def test_mixup_and_cutmix_train_on_soft_targets() -> None:
+    from selfsup.eval.finetune import batch_mixing
+
+    assert batch_mixing(0.0, 0.0, 4) is None
+    mix = batch_mixing(0.8, 1.0, 4)
+    assert mix is not None
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    mixed, targets = mix(images, labels)
+    assert mixed.shape == images.shape and targets.shape == (8, 4)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(8)) and (targets.max(dim=1).values < 1).any()
+    model = finetuner(_vit(), num_classes=4, mixup=0.8, cutmix=1.0, drop_path=0.1, label_smoothing=0.1)
+    assert model.encoder.blocks[-1].drop_path.p == pytest.approx(0.1)
+    _fit(model, 16, epochs=1)
+    with pytest.raises(ValueError, match="ResNetEncoder has no stochastic depth"):
+        finetuner(_resnet(), num_classes=4, drop_path=0.1)
+
+
+def test_drop_path_on_a_resnet_export_is_one_config_error(make_cfg, tmp_path) -> None:
+    from selfsup.encoders import save
+    from selfsup.errors import ConfigError
+    from selfsup.stages.finetune import check_finetune
+    from tests.conftest import FAST_DATA
+
+    folder = save(_resnet(), tmp_path / "resnet", {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    cfg = make_cfg(
+        [*FAST_DATA, f"+encoders.r={folder}", "eval.finetune.drop_path=0.1"], config_name="finetune"
+    )
+    with pytest.raises(ConfigError, match=r"eval.finetune.drop_path.*ResNetEncoder has no stochastic depth"):
+        check_finetune(cfg)

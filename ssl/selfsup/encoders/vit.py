@@ -14,7 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.vision_transformer import VisionTransformer
+from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
+from torchvision.ops import StochasticDepth
 
 from selfsup.encoders.base import AUTO, Encoder
 
@@ -122,6 +123,12 @@ class ViTEncoder(Encoder):
                 self.pos_embedding[0, 1:] = sincos_position_embedding(self.grid_size, width)
             self.pos_embedding.requires_grad_(False)
         self.blocks = vit.encoder.layers
+        for block in self.blocks:
+            # torchvision's EncoderBlock has no stochastic depth. Rebuilding the blocks would rename
+            # their parameters (and break every export), so each block becomes the subclass below,
+            # whose only addition is a parameter-free StochasticDepth; at rate 0 it is the same block.
+            block.__class__ = DropPathBlock
+            block.drop_path = StochasticDepth(0.0, "row")
         self.norm = vit.encoder.ln
         self.out_dim = width
         self.stage_names = ("patch_embed", *(f"block{i + 1}" for i in range(depth)))
@@ -174,6 +181,15 @@ class ViTEncoder(Encoder):
             (B, 1 + L', width) tokens after the final LayerNorm, the class token first.
         """
         return self.norm(self.blocks(self.add_class_token(tokens)))
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth for fine-tuning (MAE: 0.1 for ViT-B): block k of d drops its residual
+        branches with probability ``rate * k / (d - 1)``, from 0 at the first block (timm's rule)."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        depth = len(self.blocks)
+        for k, block in enumerate(self.blocks):
+            block.drop_path.p = rate * k / max(1, depth - 1)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters exempt from weight decay (timm's convention; :mod:`selfsup.training.optim`)."""
@@ -241,6 +257,19 @@ class ViTEncoder(Encoder):
             raise ValueError(
                 f"image size {image_size} px is not a multiple of the ViT's patch size {self.patch_size}"
             )
+
+
+class DropPathBlock(EncoderBlock):
+    """torchvision's transformer block with stochastic depth on both residual branches (timm's
+    ``drop_path``): the same parameters and, at ``drop_path.p == 0``, the same function."""
+
+    drop_path: StochasticDepth
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = self.ln_1(input)
+        x, _ = self.self_attention(x, x, x, need_weights=False)
+        x = input + self.drop_path(self.dropout(x))
+        return x + self.drop_path(self.mlp(self.ln_2(x)))
 
 
 def mae_init(encoder: ViTEncoder) -> None:

@@ -1,7 +1,7 @@
 """Fine-tuning an encoder with a new linear head: frozen first stages, per-stage learning rates.
 
-The protocol of MAE's fine-tuning (He et al. 2022, Appendix A.2), minus mixup, cutmix, RandAugment and
-drop path, which selfsup does not implement:
+The protocol of MAE's fine-tuning (He et al. 2022, Appendix A.2), minus RandAugment and random erasing,
+which selfsup does not apply yet:
 
 - A new linear head with the downstream data's classes on the pooled features, trained with
   cross-entropy (optionally label-smoothed) on augmented labeled images; top-1 on centre crops.
@@ -15,6 +15,9 @@ drop path, which selfsup does not implement:
   gets ``encoder_lr * layer_decay ** (n - i)`` and the head counts as stage n. For a ViT of depth d
   that is MAE's rule exactly (patch embedding ``decay ** (d + 1)``, block k ``decay ** (d + 1 - k)``),
   except that the final LayerNorm belongs to the last block here and to the head in MAE.
+- Mixup and CutMix (torchvision's ``v2.MixUp`` / ``v2.CutMix``, one of the two per batch with equal
+  chance when both are on, MAE's switch probability 0.5; the soft targets are label-smoothed like
+  hard ones) and stochastic depth on a ViT's blocks (:meth:`ViTEncoder.set_drop_path`).
 - Weight decay by the one rule of :mod:`selfsup.training.optim`, as in pretraining: none on biases,
   norm parameters and what the encoder names in ``no_weight_decay()`` (a ViT's class token and
   position embedding: MAE's ``no_weight_decay`` list).
@@ -43,6 +46,21 @@ log = logging.getLogger(__name__)
 
 ParamGroup = dict[str, Any]
 _Self = TypeVar("_Self", bound="FineTuner")
+
+
+def batch_mixing(mixup: float, cutmix: float, num_classes: int) -> Callable[..., Any] | None:
+    """``(images, labels) -> (mixed images, (B, num_classes) soft targets)``, or None when both are off.
+
+    torchvision's MixUp and CutMix (alpha of each Beta distribution); with both on, one of the two per
+    batch with equal chance, as MAE's timm Mixup does with switch probability 0.5.
+    """
+    from torchvision.transforms import v2
+
+    ways = [v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []
+    ways += [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []
+    if not ways:
+        return None
+    return ways[0] if len(ways) == 1 else v2.RandomChoice(ways)
 
 
 def frozen_stages(stage_names: Sequence[str], freeze_until: str | None) -> tuple[str, ...]:
@@ -145,6 +163,10 @@ class FineTuner(pl.LightningModule):
         weight_decay: for weights; biases, norm parameters and what ``no_weight_decay()`` names get none.
         no_decay_bias_and_norm: exempt those from weight decay (MAE, timm); false decays everything.
         label_smoothing: of the cross-entropy targets.
+        mixup: Beta alpha of mixup (MAE: 0.8); 0 switches it off.
+        cutmix: Beta alpha of CutMix (MAE: 1.0); 0 switches it off.
+        drop_path: stochastic-depth rate of a ViT's last block (MAE ViT-B: 0.1); needs
+            ``encoder.set_drop_path``.
         optimizer: ``factory(param_groups, lr=head_lr)``, e.g. ``torch.optim.AdamW`` or the
             ``_partial_`` one of conf/eval/finetune.yaml.
         schedule: ``factory(optimizer, total_steps=...)`` returning a per-step scheduler, or None for
@@ -168,6 +190,9 @@ class FineTuner(pl.LightningModule):
         weight_decay: float = 0.05,
         no_decay_bias_and_norm: bool = True,
         label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        drop_path: float = 0.0,
         *,
         optimizer: Callable[..., Optimizer],
         schedule: Callable[..., Any] | None,
@@ -175,6 +200,12 @@ class FineTuner(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "optimizer", "schedule"])
         self.hparams["encoder_config"] = dict(encoder.config)
+        if drop_path > 0:
+            set_drop_path = getattr(encoder, "set_drop_path", None)
+            if set_drop_path is None:
+                raise ValueError(f"{type(encoder).__name__} has no stochastic depth; drop_path must be 0")
+            set_drop_path(drop_path)
+        self.mix = batch_mixing(mixup, cutmix, num_classes)
         self.frozen = frozen_stages(encoder.stage_names, freeze_until)
         self.encoder = encoder
         self._frozen_modules = freeze(encoder, self.frozen)
@@ -205,9 +236,12 @@ class FineTuner(pl.LightningModule):
         images, labels = batch["image"], batch["label"]
         if images.shape[0] == 0:
             return None  # every image of this batch was unreadable and skipped
+        targets: Tensor = labels
+        if self.mix is not None and images.shape[0] > 1:
+            images, targets = self.mix(images, labels)  # (B, num_classes) soft targets
         logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams["label_smoothing"])
-        self.train_top1(logits, labels)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams["label_smoothing"])
+        self.train_top1(logits, labels if targets is labels else targets.argmax(dim=1))
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         self.log("train/top1", self.train_top1, prog_bar=True, batch_size=images.shape[0])
         return loss

@@ -80,7 +80,9 @@ def probe_optimizer(
     raise ValueError(f"probe optimizer must be one of {list(PROBE_OPTIMIZERS)}, got {name!r}")
 
 
-def _lars(params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+def _lars(
+    params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
     """timm's LARS with MAE's grouping: adapted weight matrices, plain momentum SGD for 1-D parameters."""
     try:
         from timm.optim import Lars

@@ -63,7 +63,7 @@ def finetune_encoders(
     train_source = datamodule.source("train")
     classes = datamodule.classes()
     freeze_until = cfg.freeze_until
-    check_finetune_exports(encoders, freeze_until, datamodule.image_size)
+    check_finetune_exports(encoders, freeze_until, datamodule.image_size, float(cfg.drop_path))
     batch_size = int(cfg.batch_size or datamodule.batch_size)
     head_lr = derived_lr(float(cfg.head_lr), cfg.lr_scaling, batch_size, int(cfg.reference_batch))
     encoder_lr = derived_lr(float(cfg.encoder_lr), cfg.lr_scaling, batch_size, int(cfg.reference_batch))
@@ -130,6 +130,9 @@ def _model_factory(
         weight_decay=float(cfg.weight_decay),
         no_decay_bias_and_norm=bool(cfg.no_decay_bias_and_norm),
         label_smoothing=float(cfg.label_smoothing),
+        mixup=float(cfg.mixup),
+        cutmix=float(cfg.cutmix),
+        drop_path=float(cfg.drop_path),
         optimizer=build(f"{KEY}.optimizer", cfg.optimizer),
         schedule=build(f"{KEY}.schedule", cfg.schedule) if cfg.schedule is not None else None,
     )
@@ -184,7 +187,12 @@ def check_finetune(cfg: DictConfig) -> tuple[dict[str, str], ImageDataModule]:
     encoders = require_encoders(
         cfg, "no encoder to fine-tune; add one with +encoders.<label>=<export folder>"
     )
-    check_finetune_exports(encoders, select(cfg, f"{KEY}.freeze_until"), int(select(cfg, "data.image_size")))
+    check_finetune_exports(
+        encoders,
+        select(cfg, f"{KEY}.freeze_until"),
+        int(select(cfg, "data.image_size")),
+        float(select(cfg, f"{KEY}.drop_path")),
+    )
     return encoders, build_datamodule(cfg, ["train", "test"])
 
 
