@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from selfsup.stages.pretrain import pretrain
-from selfsup.training.budget import plan
+from selfsup.training.budget import MeasuredNeed, plan, short_budget_warning
 from tests.conftest import FAST
 
 COMMON = dict(images_per_s=100.0, images_per_step=64, dataset_size=10_000, steps_per_epoch=156, steps_done=13)
@@ -28,8 +28,10 @@ def test_the_limit_that_binds_first_ends_the_run() -> None:
 def test_a_budget_too_short_for_the_task_is_warned_about_before_it_is_spent(
     make_cfg, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # RotNet needed 2.56 epochs to beat its random init; 16 steps of 8 of 512 images are 0.25 epochs.
-    overrides = [*FAST, "data.pretrain.num_images=512", "trainer.max_steps=16", "trainer.max_epochs=1"]
+    # RotNet needed 2.56 epochs at 64 px to beat its random init; 16 steps of 8 of 512 images are 0.25.
+    overrides = [
+        *FAST, "data.image_size=64", "data.pretrain.num_images=512", "trainer.max_steps=16", "trainer.max_epochs=1"
+    ]  # fmt: skip
     with caplog.at_level(logging.INFO, logger="selfsup.training.budget"):
         results = pretrain(make_cfg(overrides))
     budget = results["budget"]
@@ -38,11 +40,14 @@ def test_a_budget_too_short_for_the_task_is_warned_about_before_it_is_spent(
     lines = [r for r in caplog.records if r.name == "selfsup.training.budget"]
     assert any("ends the run after 16 steps = 0.25 epochs of the 512" in r.getMessage() for r in lines)
     warnings = [r.getMessage() for r in lines if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "fewer than the 2.56 that RotNet needed" in warnings[0]
+    assert len(warnings) == 1 and "fewer than the 2.56 that RotNet needed to beat" in warnings[0]
+    assert "at 64 px" in warnings[0]
 
 
 def test_a_budget_long_enough_is_not_warned_about(make_cfg, caplog: pytest.LogCaptureFixture) -> None:
-    overrides = [*FAST, "data.pretrain.num_images=32", "trainer.max_steps=16", "trainer.max_epochs=4"]
+    overrides = [
+        *FAST, "data.image_size=64", "data.pretrain.num_images=32", "trainer.max_steps=16", "trainer.max_epochs=4"
+    ]  # fmt: skip
     with caplog.at_level(logging.INFO, logger="selfsup.training.budget"):
         results = pretrain(make_cfg(overrides))
     assert results["budget"]["epochs"] == pytest.approx(4.0)  # 4 steps an epoch: the epochs bind
@@ -56,4 +61,22 @@ def test_the_main_job_default_is_not_warned_about() -> None:
     from selfsup.tasks.rotnet import RotNet
 
     budget = plan(**{**COMMON, "dataset_size": 10_000}, max_steps=400, max_epochs=3, time_left_s=None)
-    assert RotNet.min_epochs is not None and budget.epochs >= RotNet.min_epochs
+    assert short_budget_warning(RotNet.measured_needs, "RotNet", 64, budget.epochs) is None
+
+
+def test_a_size_where_the_task_never_beat_random_init_is_warned_about_whatever_the_budget() -> None:
+    """At 32 px RotNet did not beat its random init within 2.56 epochs; the warning says what did."""
+    from selfsup.tasks.rotnet import RotNet
+
+    warning = short_budget_warning(RotNet.measured_needs, "RotNet", 32, 10.0)
+    assert (
+        warning is not None
+        and "at 32 px RotNet did not beat its random initialization within 2.56" in warning
+    )
+    assert "at 64 px it did after 2.56 (data.image_size=64)" in warning and "covers 10.00 epochs" in warning
+    assert short_budget_warning(RotNet.measured_needs, "RotNet", 96, 0.1) is None, "not measured: no claim"
+    needs = (MeasuredNeed(64, 2.0, 2.0),)
+    assert (
+        short_budget_warning(needs, "X", 64, 1.0) is not None
+        and short_budget_warning(needs, "X", 64, 2.0) is None
+    )

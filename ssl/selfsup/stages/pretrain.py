@@ -174,7 +174,11 @@ def _train_and_export(
     guard = NonFiniteGuard(int(select(cfg, "faults.skip_nonfinite")), run.checkpoint_dir)
     images_per_step = datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     budget = BudgetReport(
-        len(datamodule.source("pretrain")), images_per_step, task.min_epochs, type(task).__name__
+        len(datamodule.source("pretrain")),
+        images_per_step,
+        task.measured_needs,
+        type(task).__name__,
+        datamodule.image_size,
     )
     trainer.callbacks.extend([guard, interrupt, throughput, budget])  # type: ignore[attr-defined]
     if trainer.logger is not None:

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.encoders.base import Encoder
+from selfsup.training.budget import MeasuredNeed
 from selfsup.training.optim import OptimSettings, build_optimizer, optimizer_summary
 from selfsup.training.schedules import lightning_optimizers
 
@@ -79,10 +80,10 @@ class PretextTask(pl.LightningModule):
         schedule: a ``_partial_`` factory ``(optimizer, total_steps) -> LRScheduler``, or None.
     """
 
-    # Fewest epochs over the pretraining images after which this task's encoder beat its random
-    # initialization in our measurements (benchmarks/README.md); a shorter budget is warned about
-    # before training (selfsup.training.budget). None: not measured.
-    min_epochs: float | None = None
+    # What this task needed to beat its random initialization, per image size, in our measurements
+    # (benchmarks/README.md): a shorter budget, or a size at which it never did, is warned about before
+    # training (selfsup.training.budget). Empty: not measured.
+    measured_needs: tuple[MeasuredNeed, ...] = ()
 
     def __init__(
         self, encoder: Encoder, optim: OptimSettings | None = None, schedule: Callable | None = None

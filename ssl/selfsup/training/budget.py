@@ -5,7 +5,8 @@ epochs of the embedded 10k-image set and a quarter of an epoch of a 100k-image f
 steps :class:`BudgetReport` measures images per second and says which limit ends the run
 (``trainer.max_steps``, ``max_epochs`` or ``max_time``), how many passes over the pretraining images
 that is and how long it will take; it warns when that is fewer epochs than the task needed to beat
-its random initialization in our measurements (:attr:`~selfsup.tasks.base.PretextTask.min_epochs`).
+its random initialization in our measurements at the run's image size, or when at that size it never
+did within the budgets we measured (:attr:`~selfsup.tasks.base.PretextTask.measured_needs`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,29 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Timer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MeasuredNeed:
+    """What a task needed to beat its random initialization at one image size, in our measurements.
+
+    Attributes:
+        image_size: the pretraining images' side (``data.image_size``).
+        epochs: fewest epochs over the pretraining images after which the pretrained encoder probed
+            above its random initialization; None when it did not within ``tried``.
+        tried: the longest budget measured at this size, in epochs.
+        where: where the measurement is written down.
+    """
+
+    image_size: int
+    epochs: float | None
+    tried: float
+    where: str = "benchmarks/README.md"
+
+
+def need_at(needs: tuple[MeasuredNeed, ...], image_size: int) -> MeasuredNeed | None:
+    """The measurement at ``image_size``, or None when the task was not measured at that size."""
+    return next((n for n in needs if n.image_size == image_size), None)
 
 
 @dataclass(frozen=True)
@@ -93,8 +117,9 @@ class BudgetReport(pl.Callback):
     Args:
         dataset_size: pretraining images.
         images_per_step: images per optimizer step over all devices and accumulation steps.
-        min_epochs: fewest epochs the task needed to beat its random initialization (None: unknown).
+        needs: the task's measurements (:attr:`PretextTask.measured_needs`).
         task: the task's name, for the warning.
+        image_size: the run's ``data.image_size``: which measurement applies.
         skip_steps: steps left out of the measurement (start-up: workers, caches, allocations).
         measure_steps: steps measured after those.
     """
@@ -103,13 +128,14 @@ class BudgetReport(pl.Callback):
         self,
         dataset_size: int,
         images_per_step: int,
-        min_epochs: float | None,
+        needs: tuple[MeasuredNeed, ...],
         task: str,
+        image_size: int,
         skip_steps: int = 3,
         measure_steps: int = 10,
     ) -> None:
         self.dataset_size, self.images_per_step = dataset_size, images_per_step
-        self.min_epochs, self.task = min_epochs, task
+        self.needs, self.task, self.image_size = needs, task, image_size
         self.skip_steps, self.measure_steps = skip_steps, measure_steps
         self.budget: Budget | None = None
         self._first: int | None = None
@@ -147,14 +173,42 @@ class BudgetReport(pl.Callback):
             budget.limit, budget.steps, budget.epochs, self.dataset_size, budget.seconds / 60,
             budget.images_per_s,
         )  # fmt: skip
-        if self.min_epochs is not None and budget.epochs < self.min_epochs:
-            log.warning(
-                "the budget covers %.2f epochs of the pretraining images, fewer than the %.2f that %s needed "
-                "to beat its random initialization in our measurements (benchmarks/README.md): the encoder "
-                "may come out no better than random. Raise trainer.max_steps or trainer.max_epochs, or set "
-                "a time budget: trainer.max_time=00:02:00:00 trainer.max_steps=-1 trainer.max_epochs=-1",
-                budget.epochs, self.min_epochs, self.task,
-            )  # fmt: skip
+        warning = short_budget_warning(self.needs, self.task, self.image_size, budget.epochs)
+        if warning is not None:
+            log.warning(warning)
+
+
+RAISE_IT = (
+    "Raise trainer.max_steps or trainer.max_epochs, or set a time budget: "
+    "trainer.max_time=00:02:00:00 trainer.max_steps=-1 trainer.max_epochs=-1"
+)
+
+
+def short_budget_warning(
+    needs: tuple[MeasuredNeed, ...], task: str, image_size: int, epochs: float
+) -> str | None:
+    """The warning for a budget of ``epochs`` at ``image_size`` px, or None when nothing says it is short."""
+    need = need_at(needs, image_size)
+    if need is None:
+        return None
+    if need.epochs is None:
+        won = [n for n in needs if n.epochs is not None]
+        elsewhere = "".join(
+            f"; at {n.image_size} px it did after {n.epochs:.2f} (data.image_size={n.image_size})"
+            for n in won
+        )
+        return (
+            f"at {image_size} px {task} did not beat its random initialization within {need.tried:.2f} "
+            f"epochs in our measurements ({need.where}){elsewhere}: the encoder may come out no better "
+            f"than random. This run covers {epochs:.2f} epochs."
+        )
+    if epochs < need.epochs:
+        return (
+            f"the budget covers {epochs:.2f} epochs of the pretraining images, fewer than the "
+            f"{need.epochs:.2f} that {task} needed to beat its random initialization at {image_size} px in "
+            f"our measurements ({need.where}): the encoder may come out no better than random. {RAISE_IT}"
+        )
+    return None
 
 
 def _time_left(trainer: pl.Trainer) -> float | None:
