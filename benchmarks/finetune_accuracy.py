@@ -3,7 +3,8 @@
 For each label fraction and each ``freeze_until`` setting, both exports of one pretraining run
 (``<run>/encoder`` and ``<run>/encoder_init``) are fine-tuned with the same label subsets, seeds and
 fixed step budget (``eval.finetune.max_steps``) through the fine-tuning stage itself
-(``selfsup.stages.finetune.finetune_encoders``), and tested on the test split. Each setting is one
+(``selfsup.stages.finetune.finetune_encoders``), and scored on the validation split (what chooses a
+setting, e.g. ``eval.finetune.encoder_lr``) and the test split (reported only). Each setting is one
 line of benchmarks/results/finetune_accuracy.jsonl; the table at the end is what benchmarks/README.md
 shows. The same numbers come from a sweep of the command:
 ``selfsup-finetune -m +encoders.pretrained=<run>/encoder +encoders.random_init=<run>/encoder_init
@@ -30,7 +31,18 @@ from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, setup_runtime
 from selfsup.stages.finetune import finetune_encoders
 
-HEADER = ["labels", "freeze_until", "train images", "pretrained", "random init", "gain", "seconds"]
+HEADER = [
+    "labels",
+    "freeze_until",
+    "train images",
+    "pretrained val",
+    "random init val",
+    "val gain",
+    "pretrained",
+    "random init",
+    "gain",
+    "seconds",
+]
 
 
 def measure(
@@ -58,13 +70,17 @@ def measure(
 
 
 def table_row(fraction: float, freeze_until: str, results: FinetuneResults, seconds: float) -> list[Any]:
-    """One line of the table: the setting, both encoders' top-1 and the gain."""
+    """One line of the table: the setting, both encoders' validation and test top-1 and the gains."""
     pre, rnd = results.encoders["pretrained"], results.encoders["random_init"]
     gain = compare(pre.top1, rnd.top1).gain
+    val = [None, None, None]
+    if pre.val is not None and rnd.val is not None:
+        val = [pre.val.mean, rnd.val.mean, f"{compare(pre.val, rnd.val).gain:+.2f}"]
     return [
         f"{fraction:g}",
         freeze_until,
         pre.train_images,
+        *val,
         pre.top1.mean,
         rnd.top1.mean,
         f"{gain:+.2f}",
