@@ -278,6 +278,14 @@ def check_finetune_config(cfg: DictConfig, encoder: Encoder | None = None) -> No
             cfg, f"{key}.{name}", "a non-negative Beta alpha (0 switches it off)", lambda v: v >= 0
         )
     require_number(cfg, f"{key}.drop_path", "in [0, 1)", lambda v: 0 <= v < 1)
+    require_number(cfg, f"{key}.random_erasing", "a probability in [0, 1]", lambda v: 0 <= v <= 1)
+    rand_augment = select(cfg, f"{key}.rand_augment")
+    if rand_augment is not None and (
+        len(rand_augment) != 2 or not all(isinstance(v, int) and v >= 0 for v in rand_augment)
+    ):
+        raise ConfigError(
+            f"{key}.rand_augment", f"must be null or [num_ops, magnitude], e.g. [2, 9]; got {rand_augment!r}"
+        )
     freeze_until = select(cfg, f"{key}.freeze_until")
     if freeze_until is not None and not isinstance(freeze_until, str):
         raise ConfigError(f"{key}.freeze_until", f"must be a stage name or null, got {freeze_until!r}")

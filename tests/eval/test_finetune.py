@@ -237,3 +237,49 @@ def test_drop_path_on_a_resnet_export_is_one_config_error(make_cfg, tmp_path) ->
     )
     with pytest.raises(ConfigError, match=r"eval.finetune.drop_path.*ResNetEncoder has no stochastic depth"):
         check_finetune(cfg)
+
+
+def test_rand_augment_is_a_function_of_the_sample_key() -> None:
+    from selfsup.data.transforms import KeyedAugmentation
+
+    augment = KeyedAugmentation(16, rand_augment=[2, 9])
+    image = (torch.rand(3, 24, 24) * 255).to(torch.uint8)
+    state = torch.get_rng_state()
+    first, again = augment(image, 7), augment(image, 7)
+    assert torch.equal(first, again), "the same key, the same augmentation"
+    assert torch.equal(torch.get_rng_state(), state), "torch's generator is left as it was"
+    plain = KeyedAugmentation(16)(image, 7)
+    others = [augment(image, k) for k in range(8, 16)]
+    assert any(not torch.equal(o, plain) for o in others) and len({o.sum().item() for o in others}) > 1
+
+
+def test_random_erasing_and_rand_augment_train(make_cfg, tmp_path) -> None:
+    from selfsup.encoders import save
+    from selfsup.errors import ConfigError
+    from selfsup.stages.finetune import check_finetune, finetune
+    from tests.conftest import FAST_DATA
+
+    model = finetuner(_resnet(), num_classes=4, random_erasing=1.0)
+    images = torch.zeros(4, 3, 16, 16)
+    assert model.erase is not None
+    erased = torch.stack([model.erase(i) for i in images])
+    assert all((e != 0).any() for e in erased), "every image got a rectangle of N(0, 1) pixels"
+    folder = save(_vit(), tmp_path / "vit", {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    common = [
+        *FAST_DATA,
+        f"+encoders.v={folder}",
+        "eval.finetune.max_steps=2",
+        "eval.finetune.progress_bar=false",
+    ]
+    with pytest.raises(
+        ConfigError, match=r"eval.finetune.rand_augment'?: must be null or \[num_ops, magnitude\]"
+    ):
+        check_finetune(make_cfg([*common, "eval.finetune.rand_augment=[9]"], config_name="finetune"))
+    cfg = make_cfg(
+        [*common, "experiment=finetune_mae_vit", "eval.finetune.max_steps=2", "eval.finetune.epochs=1",
+         f"paths.run_dir={tmp_path / 'run'}"],
+        config_name="finetune",
+    )  # fmt: skip
+    assert list(cfg.eval.finetune.rand_augment) == [2, 9] and cfg.eval.finetune.random_erasing == 0.25
+    results = finetune(cfg)
+    assert results["encoders"]["v"]["steps"] == 2

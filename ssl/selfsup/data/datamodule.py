@@ -308,9 +308,16 @@ class ImageDataModule(pl.LightningDataModule):
             self.bad_images.update(self._resident.bad)
         return self._resident
 
-    def train_augmentation(self) -> Callable:
+    def train_augmentation(self, rand_augment: Sequence[int] | None = None) -> Callable:
+        """The crop and flip of training images (keyed), with RandAugment ``(num_ops, magnitude)`` after."""
         return KeyedAugmentation(
-            self.image_size, self.crop_scale, self.crop_ratio, self.hflip, self.crop, self.crop_padding
+            self.image_size,
+            self.crop_scale,
+            self.crop_ratio,
+            self.hflip,
+            self.crop,
+            self.crop_padding,
+            rand_augment,
         )
 
     def labeled_dataloader(

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.training.randomness import CROP, FLIP, integers, random_keys, uniform
+from selfsup.training.randomness import CROP, FLIP, LIBRARY_SEED, integers, random_keys, uniform
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop: tries before falling back to the centre crop
 CROPS = ("random_resized", "padded")
@@ -103,6 +103,10 @@ class KeyedAugmentation:
         hflip: flip horizontally with probability 1/2.
         crop: ``random_resized`` (``crop_scale``, ``crop_ratio``) or ``padded`` (``crop_padding``).
         crop_padding: zero padding of every side before a ``padded`` crop.
+        rand_augment: ``(num_ops, magnitude)`` of torchvision's RandAugment after the crop and flip
+            (fine-tuning; MAE's is timm's rand-m9-mstd0.5-inc1, close to (2, 9)), or None. It draws
+            from torch's generator, seeded from the sample's key inside a forked generator state, so
+            it too is a function of the key.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class KeyedAugmentation:
         hflip: bool = True,
         crop: str = "random_resized",
         crop_padding: int = 4,
+        rand_augment: Sequence[int] | None = None,
     ) -> None:
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {list(CROPS)}, got {crop!r}")
@@ -121,6 +126,10 @@ class KeyedAugmentation:
         self.image_size, self.hflip = image_size, hflip
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.crop, self.crop_padding = crop, crop_padding
+        self.rand_augment = None
+        if rand_augment is not None:
+            num_ops, magnitude = (int(v) for v in rand_augment)
+            self.rand_augment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
     def __call__(self, image: Tensor, key: Tensor | int | None = None) -> Tensor:
         """(3, H, W) uint8 -> (3, image_size, image_size) uint8."""
@@ -135,6 +144,10 @@ class KeyedAugmentation:
             image = TF.resized_crop(image, top, left, h, w, size, antialias=True)
         if self.hflip and uniform(key.view(1), FLIP, 1).item() < 0.5:
             image = TF.horizontal_flip(image)
+        if self.rand_augment is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(integers(key.view(1), LIBRARY_SEED, 1, 2**62).item()))
+                image = self.rand_augment(image)
         return image
 
     def _padded_crop(self, image: Tensor, key: Tensor) -> Tensor:
@@ -150,7 +163,8 @@ class KeyedAugmentation:
             if self.crop == "padded"
             else f"crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}"
         )
-        return f"KeyedAugmentation(image_size={self.image_size}, {crop}, hflip={self.hflip})"
+        extra = f", rand_augment={self.rand_augment}" if self.rand_augment is not None else ""
+        return f"KeyedAugmentation(image_size={self.image_size}, {crop}, hflip={self.hflip}{extra})"
 
 
 def eval_transform(image_size: int, crop_fraction: float = 1.0) -> v2.Transform:

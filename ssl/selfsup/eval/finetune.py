@@ -1,7 +1,6 @@
 """Fine-tuning an encoder with a new linear head: frozen first stages, per-stage learning rates.
 
-The protocol of MAE's fine-tuning (He et al. 2022, Appendix A.2), minus RandAugment and random erasing,
-which selfsup does not apply yet:
+The protocol of MAE's fine-tuning (He et al. 2022, Appendix A.2):
 
 - A new linear head with the downstream data's classes on the pooled features, trained with
   cross-entropy (optionally label-smoothed) on augmented labeled images; top-1 on centre crops.
@@ -15,9 +14,11 @@ which selfsup does not apply yet:
   gets ``encoder_lr * layer_decay ** (n - i)`` and the head counts as stage n. For a ViT of depth d
   that is MAE's rule exactly (patch embedding ``decay ** (d + 1)``, block k ``decay ** (d + 1 - k)``),
   except that the final LayerNorm belongs to the last block here and to the head in MAE.
-- Mixup and CutMix (torchvision's ``v2.MixUp`` / ``v2.CutMix``, one of the two per batch with equal
-  chance when both are on, MAE's switch probability 0.5; the soft targets are label-smoothed like
-  hard ones) and stochastic depth on a ViT's blocks (:meth:`ViTEncoder.set_drop_path`).
+- MAE's regularizers, from torchvision: RandAugment on the training images (keyed, in the loader),
+  random erasing of the normalized images, mixup and CutMix (``v2.MixUp`` / ``v2.CutMix``, one of the
+  two per batch with equal chance when both are on, MAE's switch probability 0.5; the soft targets
+  are label-smoothed like hard ones), and stochastic depth on a ViT's blocks
+  (:meth:`ViTEncoder.set_drop_path`).
 - Weight decay by the one rule of :mod:`selfsup.training.optim`, as in pretraining: none on biases,
   norm parameters and what the encoder names in ``no_weight_decay()`` (a ViT's class token and
   position embedding: MAE's ``no_weight_decay`` list).
@@ -30,11 +31,13 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import RandomErasing
 
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.dataset import ImageDataset
@@ -167,6 +170,9 @@ class FineTuner(pl.LightningModule):
         cutmix: Beta alpha of CutMix (MAE: 1.0); 0 switches it off.
         drop_path: stochastic-depth rate of a ViT's last block (MAE ViT-B: 0.1); needs
             ``encoder.set_drop_path``.
+        random_erasing: probability of erasing one random rectangle of each normalized training
+            image with N(0, 1) pixels (torchvision's RandomErasing with ``value='random'``, timm's
+            ``pixel`` mode; MAE: 0.25), before mixing.
         optimizer: ``factory(param_groups, lr=head_lr)``, e.g. ``torch.optim.AdamW`` or the
             ``_partial_`` one of conf/eval/finetune.yaml.
         schedule: ``factory(optimizer, total_steps=...)`` returning a per-step scheduler, or None for
@@ -193,6 +199,7 @@ class FineTuner(pl.LightningModule):
         mixup: float = 0.0,
         cutmix: float = 0.0,
         drop_path: float = 0.0,
+        random_erasing: float = 0.0,
         *,
         optimizer: Callable[..., Optimizer],
         schedule: Callable[..., Any] | None,
@@ -206,6 +213,11 @@ class FineTuner(pl.LightningModule):
                 raise ValueError(f"{type(encoder).__name__} has no stochastic depth; drop_path must be 0")
             set_drop_path(drop_path)
         self.mix = batch_mixing(mixup, cutmix, num_classes)
+        self.erase = (
+            RandomErasing(p=random_erasing, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), value="random")
+            if random_erasing > 0
+            else None
+        )
         self.frozen = frozen_stages(encoder.stage_names, freeze_until)
         self.encoder = encoder
         self._frozen_modules = freeze(encoder, self.frozen)
@@ -237,6 +249,8 @@ class FineTuner(pl.LightningModule):
         if images.shape[0] == 0:
             return None  # every image of this batch was unreadable and skipped
         targets: Tensor = labels
+        if self.erase is not None:
+            images = torch.stack([self.erase(image) for image in images])
         if self.mix is not None and images.shape[0] > 1:
             images, targets = self.mix(images, labels)  # (B, num_classes) soft targets
         logits = self(images)
@@ -296,6 +310,7 @@ class LabeledSplits(pl.LightningDataModule):
         train_indices: indices into the train split, or None for all of it.
         batch_size: images per step (default: the datamodule's).
         test_split: the split ``test_dataloader`` scores: ``test``, or ``val``.
+        rand_augment: ``(num_ops, magnitude)`` of RandAugment on the training images, or None.
     """
 
     def __init__(
@@ -304,15 +319,16 @@ class LabeledSplits(pl.LightningDataModule):
         train_indices: Sequence[int] | Tensor | None = None,
         batch_size: int | None = None,
         test_split: str = "test",
+        rand_augment: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.data, self.test_split = data, test_split
+        self.data, self.test_split, self.rand_augment = data, test_split, rand_augment
         self.train_indices = None if train_indices is None else [int(i) for i in train_indices]
         self.batch_size = batch_size or data.batch_size
 
     def train_dataset(self) -> ImageDataset | Subset:
         dataset = ImageDataset(
-            self.data.source("train"), self.data.train_augmentation(), self.data.on_bad_image
+            self.data.source("train"), self.data.train_augmentation(self.rand_augment), self.data.on_bad_image
         )
         return dataset if self.train_indices is None else Subset(dataset, self.train_indices)
 
@@ -328,7 +344,7 @@ class LabeledSplits(pl.LightningDataModule):
 
     def scoring(self, split: str) -> LabeledSplits:
         """The same training images, scoring ``split`` instead."""
-        return LabeledSplits(self.data, self.train_indices, self.batch_size, test_split=split)
+        return LabeledSplits(self.data, self.train_indices, self.batch_size, split, self.rand_augment)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         return self.data.prepare_batch(batch)

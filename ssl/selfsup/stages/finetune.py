@@ -81,8 +81,12 @@ def finetune_encoders(
         for seed in seeds:
             pl.seed_everything(seed, workers=True, verbose=False)  # before the head is initialized
             model = make_model(export.load(path))
+            rand_augment = None if cfg.rand_augment is None else [int(v) for v in cfg.rand_augment]
             splits = LabeledSplits(
-                datamodule, stratified_fraction(labels, cfg.label_fraction, seed), batch_size
+                datamodule,
+                stratified_fraction(labels, cfg.label_fraction, seed),
+                batch_size,
+                rand_augment=rand_augment,
             )
             # Lightning draws its own bar per run when progress_bar is on: then lines, not a second bar.
             with progress.task(
@@ -133,6 +137,7 @@ def _model_factory(
         mixup=float(cfg.mixup),
         cutmix=float(cfg.cutmix),
         drop_path=float(cfg.drop_path),
+        random_erasing=float(cfg.random_erasing),
         optimizer=build(f"{KEY}.optimizer", cfg.optimizer),
         schedule=build(f"{KEY}.schedule", cfg.schedule) if cfg.schedule is not None else None,
     )

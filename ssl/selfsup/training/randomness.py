@@ -33,6 +33,8 @@ _LOW53 = (1 << 53) - 1
 
 # Purposes: each random choice has its own stream (fixed numbers: they define the draws, never reuse one).
 CROP, FLIP, ROTATION, MASK, PERMUTATION, ORIGIN, OFFSETS, JITTER, GRAYSCALE = range(1, 10)
+# The seed of a library transform that draws from torch's generator (RandAugment), forked per sample.
+LIBRARY_SEED = 10
 _SEED, _EPOCH = 101, 102
 
 
