@@ -336,3 +336,33 @@ def test_the_paper_presets_geometry_and_dropout(make_cfg, experiment: str, cell:
     )
     assert not [m for m in plain.modules() if isinstance(m, torch.nn.Dropout)], "dropout 0 adds no module"
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in task.parameters())
+
+
+def test_goyal_et_al_resnet50_recipe(make_cfg) -> None:
+    """VISSL's jigsaw_8gpu_resnet.yaml: per tile 2048 -> 1000 + BN + ReLU, concatenated, one Linear to
+    2000 permutations; SGD 0.1 x batch / 256 (momentum 0.9, not Nesterov), wd 1e-4, 105 epochs."""
+    cfg = make_cfg(["experiment=jigsaw_goyal_rn50"])
+    task_cfg = cfg.task
+    assert (task_cfg.num_permutations, task_cfg.grayscale_fraction, task_cfg.channel_jitter) == (
+        2000,
+        0.66,
+        0,
+    )
+    assert (cfg.optim.lr, cfg.optim.lr_scaling, cfg.optim.weight_decay) == (0.1, "linear", 1e-4)
+    assert cfg.optim.optimizer.nesterov is False and cfg.trainer.max_epochs == 105
+    epochs = [round(m * 105) for m in cfg.schedule.milestones]
+    assert epochs == [30, 60, 90, 100] and round(cfg.schedule.warmup_fraction * 105) == 5
+    task = Jigsaw(
+        ResNetEncoder(50, cifar_stem=False),
+        image_size=int(cfg.data.image_size),
+        cell_size=task_cfg.cell_size,
+        tile_size=task_cfg.tile_size,
+        num_permutations=10,  # the head's shape, without drawing 2000 permutations here
+        tile_dim=task_cfg.tile_dim,
+        head_hidden_dims=list(task_cfg.head_hidden_dims),
+        permutation_cache=None,
+    )
+    linear, norm, _ = task.tile_projection
+    assert (linear.in_features, linear.out_features, norm.num_features) == (2048, 1000, 1000)
+    (classifier,) = task.classifier
+    assert (classifier.in_features, classifier.out_features) == (9000, 10)
