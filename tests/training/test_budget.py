@@ -71,7 +71,8 @@ def test_a_size_where_the_task_never_beat_random_init_is_warned_about_whatever_t
     warning = short_budget_warning(RotNet.measured_needs, "RotNet", 32, 10.0)
     assert (
         warning is not None
-        and "at 32 px RotNet did not beat its random initialization within 2.56" in warning
+        and "at 32 px RotNet did not beat its random initialization at every probed layer within 2.56"
+        in warning
     )
     assert "at 64 px it did after 2.56 (data.image_size=64)" in warning and "covers 10.00 epochs" in warning
     assert short_budget_warning(RotNet.measured_needs, "RotNet", 96, 0.1) is None, "not measured: no claim"

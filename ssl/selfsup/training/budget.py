@@ -30,7 +30,8 @@ class MeasuredNeed:
     Attributes:
         image_size: the pretraining images' side (``data.image_size``).
         epochs: fewest epochs over the pretraining images after which the pretrained encoder probed
-            above its random initialization; None when it did not within ``tried``.
+            above its random initialization at every probed layer, on validation; None when it did
+            not within ``tried``.
         tried: the longest budget measured at this size, in epochs.
         where: where the measurement is written down.
     """
@@ -198,7 +199,8 @@ def short_budget_warning(
             for n in won
         )
         return (
-            f"at {image_size} px {task} did not beat its random initialization within {need.tried:.2f} "
+            f"at {image_size} px {task} did not beat its random initialization at every probed layer "
+            f"within {need.tried:.2f} "
             f"epochs in our measurements ({need.where}){elsewhere}: the encoder may come out no better "
             f"than random. This run covers {epochs:.2f} epochs."
         )
