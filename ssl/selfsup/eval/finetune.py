@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.transforms import RandomErasing
+from torchvision.transforms import RandomErasing, v2
 
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.dataset import ImageDataset
@@ -57,8 +57,6 @@ def batch_mixing(mixup: float, cutmix: float, num_classes: int) -> Callable[...,
     torchvision's MixUp and CutMix (alpha of each Beta distribution); with both on, one of the two per
     batch with equal chance, as MAE's timm Mixup does with switch probability 0.5.
     """
-    from torchvision.transforms import v2
-
     ways = [v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []
     ways += [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []
     if not ways:
