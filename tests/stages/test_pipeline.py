@@ -202,8 +202,8 @@ def test_embeddings_file_and_map(make_cfg, tmp_path: Path) -> None:
         ),
         (["eval.knn.temperature=0"], r"'eval.knn.temperature': must be a positive number"),
         (
-            ["eval.linear_probe.optimizer=lars"],
-            r"'eval.linear_probe.optimizer': must be one of \['adamw', 'sgd'\]",
+            ["eval.linear_probe.optimizer=lamb"],
+            r"'eval.linear_probe.optimizer': must be one of \['adamw', 'sgd', 'lars'\]",
         ),
         (
             ["encoder=vit_tiny", "+data@downstream=synthetic", "downstream.image_size=40"],
