@@ -28,7 +28,7 @@ def test_the_limit_that_binds_first_ends_the_run() -> None:
 def test_a_budget_too_short_for_the_task_is_warned_about_before_it_is_spent(
     make_cfg, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # RotNet needed 2.56 epochs at 64 px to beat its random init; 16 steps of 8 of 512 images are 0.25.
+    # RotNet needed 1 epoch at 64 px to beat its random init; 16 steps of 8 of 512 images are 0.25.
     overrides = [
         *FAST, "data.image_size=64", "data.pretrain.num_images=512", "trainer.max_steps=16", "trainer.max_epochs=1"
     ]  # fmt: skip
@@ -40,7 +40,7 @@ def test_a_budget_too_short_for_the_task_is_warned_about_before_it_is_spent(
     lines = [r for r in caplog.records if r.name == "selfsup.training.budget"]
     assert any("ends the run after 16 steps = 0.25 epochs of the 512" in r.getMessage() for r in lines)
     warnings = [r.getMessage() for r in lines if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "fewer than the 2.56 that RotNet needed to beat" in warnings[0]
+    assert len(warnings) == 1 and "fewer than the 1.00 that RotNet needed to beat" in warnings[0]
     assert "at 64 px" in warnings[0]
 
 
@@ -74,7 +74,7 @@ def test_a_size_where_the_task_never_beat_random_init_is_warned_about_whatever_t
         and "at 32 px RotNet did not beat its random initialization at every probed layer within 2.56"
         in warning
     )
-    assert "at 64 px it did after 2.56 (data.image_size=64)" in warning and "covers 10.00 epochs" in warning
+    assert "at 64 px it did after 1.00 (data.image_size=64)" in warning and "covers 10.00 epochs" in warning
     assert short_budget_warning(RotNet.measured_needs, "RotNet", 96, 0.1) is None, "not measured: no claim"
     needs = (MeasuredNeed(64, 2.0, 2.0),)
     assert (
