@@ -286,15 +286,21 @@ def mae_init(encoder: ViTEncoder) -> None:
         weight = encoder.patch_proj.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))  # its bias stays torchvision's zero
         nn.init.normal_(encoder.class_token, std=0.02)
+        xavier_linears(encoder)
         for module in encoder.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
                 nn.init.xavier_uniform_(module.in_proj_weight)
                 if module.in_proj_bias is not None:
                     nn.init.zeros_(module.in_proj_bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+
+def xavier_linears(module: nn.Module) -> None:
+    """MAE's ``_init_weights`` for every ``nn.Linear`` in ``module``: Xavier-uniform weight, zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -236,7 +236,8 @@ def _probe(
 
     epochs = int(probe_cfg.epochs)
     what = f"{len(layers)} layers" if len(layers) > 1 else layers[0]
-    head, schedule = probe_head(probe_cfg), probe_schedule_factory(probe_cfg)
+    schedule = probe_schedule_factory(probe_cfg)
+    hidden = probe_cfg.head_hidden_dim
 
     def one_seed(seed: int) -> dict[str, float]:
         with progress.task(f"probes: {label} / {what} / seed {seed}", epochs, "epochs") as advance:
@@ -254,9 +255,9 @@ def _probe(
                 on_epoch=advance,
                 val=val,
                 grids=grids,
-                head=head.kind,
-                head_hidden_dim=head.hidden_dim,
-                head_channels=head.channels,
+                head=str(probe_cfg.head),
+                head_hidden_dim=None if hidden is None else int(hidden),
+                head_channels=int(probe_cfg.head_channels),
                 schedule=schedule,
             )
 

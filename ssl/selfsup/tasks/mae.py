@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torchvision.models.vision_transformer import EncoderBlock
 
 from selfsup.encoders.base import Encoder
-from selfsup.encoders.vit import ViTEncoder, sincos_position_embedding
+from selfsup.encoders.vit import ViTEncoder, sincos_position_embedding, xavier_linears
 from selfsup.reports.reconstructions import ReconstructionGrids
 from selfsup.tasks.base import PretextTask, StepOutput
 from selfsup.tasks.masking import num_visible, patchify, random_masking, unpatchify, unshuffle
@@ -87,11 +87,7 @@ class MAEDecoder(nn.Module):
     def reset_parameters(self) -> None:
         """MAE's initialization: mask token N(0, 0.02), linear layers Xavier-uniform with zero bias."""
         nn.init.normal_(self.mask_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        xavier_linears(self)
 
     def position_embedding(self, num_patches: int) -> Tensor:
         """(1, num_patches, width) for a square grid of ``num_patches`` patches."""
