@@ -169,6 +169,10 @@ def check_data_path(cfg: DictConfig, key: str = "data") -> None:
         raise ConfigError(f"{key}.path", f"{where} does not exist")
 
 
+# torch.compile's modes (compile_mode; null is torch's default).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def check_training(cfg: DictConfig) -> None:
     """Value checks on the trainer and optimizer settings of a pretraining run."""
     epochs, steps = select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")
@@ -181,6 +185,14 @@ def check_training(cfg: DictConfig) -> None:
     require_choice(cfg, "optim.lr_scaling", ("none", "linear", "sqrt"))
     require_positive_int(cfg, "trainer.accumulate_grad_batches")
     require_positive_int(cfg, "faults.skip_nonfinite", allow_zero=True)
+    require_positive_int(cfg, "faults.check_every_n_steps")
+    if select(cfg, "faults.check_every_n_steps") > 1 and select(cfg, "faults.skip_nonfinite") > 0:
+        raise ConfigError(
+            "faults.check_every_n_steps",
+            "skipping non-finite steps (faults.skip_nonfinite > 0) needs a check every step; set it to 1",
+        )
+    if select(cfg, "compile_mode") is not None:
+        require_choice(cfg, "compile_mode", COMPILE_MODES)
     seed = select(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("seed", f"must be an integer, got {seed!r}")

@@ -53,10 +53,16 @@ def _finite_checkpoint(path: Path) -> dict:
 
 
 # -- NaN / inf --------------------------------------------------------------------------------------
-def test_a_blown_up_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("check_every", [1, 5], ids=["checked-every-step", "checked-every-5-steps"])
+def test_a_blown_up_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, check_every: int
+) -> None:
+    """Read back every step or every 5 (trainer=gpu_fast's way), the run stops at the same first bad
+    step, and the checkpoint written every step is the last finite one: it is checked before saving."""
     run = tmp_path / "run"
     out = _cli(
         *FAST, "trainer.max_steps=20", "trainer.max_epochs=5", "optim.lr=1e10", "data.num_workers=0",
+        f"faults.check_every_n_steps={check_every}",
         "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.every_n_epochs=null",
         f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
     )  # fmt: skip
@@ -122,6 +128,17 @@ def test_skip_nonfinite_skips_a_bounded_number_of_steps_without_updating() -> No
 
     with pytest.raises(NonFiniteError, match=r"at step 3 after skipping 1 bad steps.*no checkpoint"):
         _fit(_Spiky({1, 2}), NonFiniteGuard(skip_nonfinite=1), 4)
+
+
+def test_skipping_bad_steps_needs_the_check_every_step(make_cfg) -> None:
+    from selfsup.config import check_training
+    from selfsup.errors import ConfigError
+
+    cfg = make_cfg(["faults.skip_nonfinite=2", "faults.check_every_n_steps=10"])
+    with pytest.raises(ConfigError, match=r"faults.check_every_n_steps.*needs a check every step"):
+        check_training(cfg)
+    with pytest.raises(ValueError, match="check every step"):
+        NonFiniteGuard(skip_nonfinite=2, check_every_n_steps=10)
 
 
 def test_a_non_finite_encoder_is_never_exported(tmp_path: Path) -> None:

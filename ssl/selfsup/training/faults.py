@@ -6,6 +6,11 @@
   step and the last good checkpoint. The checks run in hooks that Lightning calls before
   ``ModelCheckpoint``'s own (checkpoint callbacks always run last), so a non-finite state is never
   saved over the last good checkpoint.
+  Each check reads one flag back from the device, a host-device synchronisation that stalls a GPU's
+  queue of kernels. With ``check_every_n_steps=N`` the per-step work stays on the device (the first
+  bad step is noted there) and is read every N steps, at the end of every epoch and before every
+  checkpoint is written; the run still stops naming the first bad step, and nothing non-finite is
+  saved, but up to N-1 steps run on after it. Skipping bad steps needs the check every step.
 - :class:`GracefulInterrupt` turns the first Ctrl-C (SIGINT) or SIGTERM (what a scheduler sends to
   preempt a job, and what SLURM sends at the time limit without ``--signal``) into "finish this step,
   save ``last.ckpt``, stop"; a second one stops at once (Lightning's own handling), keeping the last
@@ -31,10 +36,16 @@ from selfsup.training.checkpoint_io import newest_readable
 log = logging.getLogger(__name__)
 
 
+def finite_flag(tensors: Iterable[torch.Tensor]) -> torch.Tensor | None:
+    """() bool on the tensors' device: every element of every floating tensor is finite (no sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return torch.stack(flags).all() if flags else None
+
+
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every element of every tensor is finite (one device sync for all of them)."""
-    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
+    flag = finite_flag(tensors)
+    return True if flag is None else bool(flag)
 
 
 def last_good_checkpoint(checkpoint_dir: Path | None) -> str:
@@ -50,12 +61,22 @@ class NonFiniteGuard(pl.Callback):
         skip_nonfinite: how many steps with non-finite gradients may be skipped (no optimizer update)
             before the run stops; 0 stops at the first.
         checkpoint_dir: where the run's checkpoints are, to name the last good one; None when off.
+        check_every_n_steps: read the checks back from the device every this many steps (and at epoch
+            ends and checkpoints) instead of every step; see the module docstring.
     """
 
-    def __init__(self, skip_nonfinite: int = 0, checkpoint_dir: Path | None = None) -> None:
+    def __init__(
+        self, skip_nonfinite: int = 0, checkpoint_dir: Path | None = None, check_every_n_steps: int = 1
+    ) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        if check_every_n_steps > 1 and skip_nonfinite > 0:
+            raise ValueError("skipping non-finite steps needs a check every step (check_every_n_steps=1)")
         self.skip_nonfinite = skip_nonfinite
         self.checkpoint_dir = checkpoint_dir
+        self.check_every_n_steps = check_every_n_steps
         self.skipped = 0
+        self._first_bad: torch.Tensor | None = None  # () long on the device: first bad step, or -1
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -63,9 +84,12 @@ class NonFiniteGuard(pl.Callback):
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # fp16 with a GradScaler: the scaler itself skips steps with inf gradients
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        step = trainer.global_step + 1
+        if self.check_every_n_steps > 1:
+            self._note(finite_flag(grads), step)
+            return
         if all_finite(grads):
             return
-        step = trainer.global_step + 1
         if self.skipped < self.skip_nonfinite:
             self.skipped += 1
             log.warning(
@@ -81,6 +105,30 @@ class NonFiniteGuard(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.global_step % self.check_every_n_steps == 0 or trainer.is_last_batch:
+            self._check(trainer, pl_module)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.check_every_n_steps > 1:  # Lightning calls this before the file is written
+            self._check(trainer, pl_module)
+
+    def _note(self, finite: torch.Tensor | None, step: int) -> None:
+        """Remember ``step`` on the device when ``finite`` is False, unless an earlier step was bad."""
+        if finite is None:
+            return
+        bad = torch.where(finite, -1, step)
+        self._first_bad = (
+            bad if self._first_bad is None else torch.where(self._first_bad >= 0, self._first_bad, bad)
+        )
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Stop when a noted step had non-finite gradients or the weights are not finite (one sync each)."""
+        if self._first_bad is not None:
+            first, self._first_bad = int(self._first_bad), None
+            if first >= 0:
+                self._stop(f"the loss or its gradients became NaN or inf at step {first}")
         if not all_finite(pl_module.parameters()):
             self._stop(f"the weights became NaN or inf at step {trainer.global_step}")
 
