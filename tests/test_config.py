@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 
 from selfsup.config import auto_num_workers, check_complete, check_data
 from selfsup.data.datamodule import ImageDataModule
+from selfsup.data.shards import write_shards
+from selfsup.data.sources import FolderImages
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
 from selfsup.stages import components
@@ -22,7 +24,7 @@ from selfsup.tasks.base import PretextTask
 from selfsup.training.trainer import build_trainer, instantiate_each
 from tests.conftest import FAST, options
 
-NEEDS_GPU = {"gpu", "ddp"}
+NEEDS_GPU = {"gpu", "gpu_fast", "ddp"}
 
 
 def _image_folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
@@ -66,9 +68,10 @@ def test_every_task_builds(make_cfg, name: str) -> None:
 @pytest.mark.parametrize("name", options("data"))
 def test_every_data_option_builds(make_cfg, tmp_path: Path, name: str) -> None:
     folder = _image_folder(tmp_path / "images")
-    cfg = make_cfg(
-        [f"data={name}", f"data.path={folder}"] if name in ("folder", "imagefolder") else [f"data={name}"]
-    )
+    paths = {"folder": folder, "imagefolder": folder}
+    if name == "shards":  # a shard set written from the folder's images
+        paths[name] = write_shards(FolderImages(folder, labeled=False), tmp_path / "shards", 4).root
+    cfg = make_cfg([f"data={name}", f"data.path={paths[name]}"] if name in paths else [f"data={name}"])
     datamodule = instantiate(cfg.data, num_workers=0)  # build_datamodule resolves num_workers=auto
     assert isinstance(datamodule, ImageDataModule)
     if name in ("cifar10", "cifar100", "stl10"):  # not on this machine: a clear error, nothing downloaded

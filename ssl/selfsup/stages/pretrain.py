@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +30,7 @@ from selfsup.training.budget import BudgetReport
 from selfsup.training.callbacks import Throughput
 from selfsup.training.checkpoint_io import check_checkpoint, newest_readable
 from selfsup.training.faults import GracefulInterrupt, NonFiniteGuard
+from selfsup.training.performance import apply_performance_switches
 from selfsup.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -164,14 +164,16 @@ def _train_and_export(
         export.save(
             task.encoder, run.encoder_init, input_spec, {"task": None, "steps": 0, "seed": int(cfg.seed)}
         )
-    if cfg.get("channels_last"):
-        task.memory_format = torch.channels_last
-        task.to(memory_format=torch.channels_last)
-    if cfg.get("compile"):
-        task.encoder.compile()
+    apply_performance_switches(
+        task, channels_last=bool(cfg.channels_last), compile=bool(cfg.compile), compile_mode=cfg.compile_mode
+    )
     throughput = Throughput()
     interrupt = GracefulInterrupt(run.last_checkpoint)
-    guard = NonFiniteGuard(int(select(cfg, "faults.skip_nonfinite")), run.checkpoint_dir)
+    guard = NonFiniteGuard(
+        int(select(cfg, "faults.skip_nonfinite")),
+        run.checkpoint_dir,
+        int(select(cfg, "faults.check_every_n_steps")),
+    )
     images_per_step = datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     budget = BudgetReport(
         len(datamodule.source("pretrain")),

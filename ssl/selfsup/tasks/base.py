@@ -136,6 +136,14 @@ class PretextTask(pl.LightningModule):
         """(N, 3, h, w) -> (N, encoder.out_dim), in the configured memory format."""
         return self.encoder(inputs.contiguous(memory_format=self.memory_format))
 
+    def compile_step(self, mode: str | None = None) -> None:
+        """``torch.compile`` :meth:`pretext_step` (inputs, encoder, head and loss), for this instance.
+
+        The weights stay those of the module (compiling wraps the code, not the parameters), so
+        checkpoints and the exported encoder are unchanged.
+        """
+        self.pretext_step = torch.compile(self.pretext_step, mode=mode)  # type: ignore[method-assign]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         images = batch["image"]
         if images.shape[0] == 0:

@@ -57,10 +57,12 @@ def rotate_batch(
         if keys is None:
             keys = random_keys(batch, images.device, generator)
         targets = integers(keys, ROTATION, 1, NUM_ROTATIONS)[:, 0]
-        inputs = images.clone()
+        inputs = images
         for k in range(1, NUM_ROTATIONS):  # one batched op per rotation, not per image
-            chosen = (targets == k).nonzero(as_tuple=True)[0]
-            inputs[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
+            # A select, not indexing by the chosen positions: their count would be read back to the
+            # host (a device sync in every step).
+            chosen = (targets == k).view(-1, 1, 1, 1)
+            inputs = torch.where(chosen, torch.rot90(images, k, dims=(2, 3)), inputs)
         return inputs, targets
     raise ValueError(f"rotations must be one of {MODES}, got {mode!r}")
 

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from pytorch_lightning.callbacks import RichProgressBar
 
 
 class RNGStateCheckpoint(pl.Callback):
@@ -67,3 +68,36 @@ class Throughput(pl.Callback):
         if self._start is not None:
             self.steps = trainer.global_step - self._start[0]
             self.seconds = time.perf_counter() - self._start[1]
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, reading the logged metrics only every ``metrics_every_n_steps``.
+
+    The bar shows the loss and accuracies that the task logs as tensors on the device; reading one
+    (``.item()``) makes the host wait for every queued kernel. Lightning's bar reads them after every
+    batch, which on a GPU stalls the queue once per step; this one reads them when the loggers do
+    (``trainer.log_every_n_steps``, conf/callbacks/default.yaml) and shows the last values between.
+
+    Args:
+        *args, **kwargs: those of ``RichProgressBar``.
+        metrics_every_n_steps: read the metrics every this many optimizer steps (1: every batch).
+    """
+
+    def __init__(self, *args: Any, metrics_every_n_steps: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if metrics_every_n_steps < 1:
+            raise ValueError(f"metrics_every_n_steps must be >= 1, got {metrics_every_n_steps}")
+        self.metrics_every_n_steps = metrics_every_n_steps
+        self._shown: dict[str, Any] | None = None
+        self._read_at = -1
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        step = trainer.global_step
+        due = (
+            self._shown is None
+            or step // self.metrics_every_n_steps != self._read_at // self.metrics_every_n_steps
+        )
+        if due or not trainer.training:
+            self._shown, self._read_at = super().get_metrics(trainer, pl_module), step
+        assert self._shown is not None
+        return self._shown
