@@ -115,8 +115,15 @@ def _finetune(cfg: DictConfig) -> Any:
     return finetune(cfg)
 
 
+def _shard(cfg: DictConfig) -> Any:
+    from selfsup.data.shards import shard_command
+
+    return shard_command(cfg)
+
+
 main = _entry("pipeline", _run)  # `selfsup`: pretrain, then evaluate pretrained vs random init
 pretrain = _entry("pretrain", _pretrain)  # `selfsup-pretrain`
 probe = _entry("probe", _probe)  # `selfsup-probe +encoders.mine=<export folder>`
 finetune = _entry("finetune", _finetune)  # `selfsup-finetune +encoders.mine=<export folder>`
 embed = _entry("embed", _embed)  # `selfsup-embed encoder_path=<export folder>`
+shard = _entry("shard", _shard)  # `selfsup-shard data=folder data.path=<images> shard.out=<shard folder>`

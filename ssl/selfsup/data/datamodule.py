@@ -5,7 +5,10 @@ Each split is a *source factory* from the config (a ``_partial_`` callable retur
 apply the base augmentation to uint8 tensors; ``on_after_batch_transfer`` normalizes on the device.
 
 The pretraining loader's order and every sample's random key come from the run's seed
-(:mod:`selfsup.data.sampler`): the same on any number of processes, and resumable mid-epoch.
+(:mod:`selfsup.data.sampler`): the same on any number of processes, and resumable mid-epoch. A
+pretraining source that is a shard set to stream (:class:`~selfsup.data.shards.ShardImages`,
+``data=shards``) gets a :class:`~selfsup.data.shards.ShardLoader` instead, with the same keys, the
+same state protocol, and the items the rest of the pipeline expects.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.device_augment import BatchAugmentation
 from selfsup.data.resident import KeyedIndices, ResidentImages, load_resident
 from selfsup.data.sampler import EpochSampler, ResumableLoader
+from selfsup.data.shards import ShardImages, ShardLoader, ShardStream
 from selfsup.data.sources import ImageSource, SubsetImages
 from selfsup.data.subsets import capped_indices, source_labels, stratified_fraction
 from selfsup.data.transforms import CROPS, KeyedAugmentation, eval_transform, normalize
@@ -147,7 +151,7 @@ class ImageDataModule(pl.LightningDataModule):
             image_size, self.crop_scale, self.crop_ratio, hflip, crop, self.crop_padding
         )  # built once: the on-device path applies it to every batch
         self._sources: dict[str, ImageSource] = {}
-        self._train_loader: ResumableLoader | None = None
+        self._train_loader: ResumableLoader | ShardLoader | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next train loader
         self.bad_images: set[str] = set()
 
@@ -244,12 +248,16 @@ class ImageDataModule(pl.LightningDataModule):
         if stage in (None, "fit"):
             self.source("pretrain")
 
-    def train_dataloader(self) -> ResumableLoader:
+    def train_dataloader(self) -> ResumableLoader | ShardLoader:
         """The pretraining loader: keyed samples in this rank's share of the epoch's order.
 
         With ``on_device`` the same sampler feeds a loader of ``(index, key)`` pairs only; the images
-        are gathered and augmented on the device in :meth:`on_after_batch_transfer`.
+        are gathered and augmented on the device in :meth:`on_after_batch_transfer`. A shard set
+        with ``stream`` is streamed instead (:meth:`shard_loader`).
         """
+        source = None if self.on_device else self.source("pretrain")
+        if isinstance(source, ShardImages) and source.stream:
+            return self.shard_loader(source)
         dataset: ImageDataset | KeyedIndices
         if self.on_device:
             dataset = KeyedIndices(len(self.resident()))
@@ -276,6 +284,45 @@ class ImageDataModule(pl.LightningDataModule):
             self._resume_position = None
         self._train_loader = loader
         return loader
+
+    def shard_loader(self, source: ShardImages) -> ShardLoader:
+        """The pretraining loader streaming a shard set: this rank's share of whole batches, resumable."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        stream = ShardStream(
+            source,
+            self.train_augmentation(),
+            self.on_bad_image,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            num_replicas=world,
+            rank=rank,
+            shuffle_buffer=source.shuffle_buffer,
+        )
+        kept = len(stream) * world
+        log.info(
+            "streaming %d images from %d shards in %s: %d per rank per epoch (%d ranks, batches of %d, "
+            "data.num_workers=%d), %d left out per epoch (drop_last), shuffle buffer %d",
+            len(source), len(source.shards.files), source.root, len(stream), world, self.batch_size,
+            self.num_workers, max(len(source) - kept, 0), source.shuffle_buffer,
+        )  # fmt: skip
+        loader = ShardLoader(
+            stream,
+            batch_size=self.batch_size,
+            epoch=self._epoch if trainer is not None else None,
+            batches_done=self._batches_done,
+            **self._loader_settings(),
+        )
+        if self._resume_position is not None:
+            loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        self._train_loader = loader
+        return loader
+
+    def _epoch(self) -> int:
+        """The epoch the training loop is about to run (what Lightning passes samplers' ``set_epoch``)."""
+        assert self.trainer is not None
+        return int(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
 
     def state_dict(self) -> dict[str, Any]:
         """Where the pretraining loader is in its epoch (``ResumableLoader.state_dict``), for checkpoints."""
