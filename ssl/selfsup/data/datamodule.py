@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Subset
 
 from selfsup.data.dataset import ImageDataset, collate
 from selfsup.data.device_augment import BatchAugmentation
+from selfsup.data.device_decode import DeviceDecoder
 from selfsup.data.resident import KeyedIndices, ResidentImages, load_resident
 from selfsup.data.sampler import EpochSampler, ResumableLoader
 from selfsup.data.shards import ShardImages, ShardLoader, ShardStream
@@ -88,6 +89,9 @@ class ImageDataModule(pl.LightningDataModule):
         on_device_max_gib: refuse ``on_device`` above this many GiB of uint8 pixels.
         on_device_cache: folder of the decoded copies (None: decode every run; no default: the data
             yamls set ``${paths.cache_dir}/resident``).
+        decode_on_device: the pretraining loader's workers read only file bytes; JPEGs are decoded,
+            cropped and flipped on the training device (:mod:`selfsup.data.device_decode`), for data
+            too large for ``on_device``.
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class ImageDataModule(pl.LightningDataModule):
         on_device_size: int | None = None,
         on_device_max_gib: float = 16.0,
         on_device_cache: str | None,
+        decode_on_device: bool = False,
     ) -> None:
         super().__init__()
         self.factories = {"pretrain": pretrain, "train": train, "val": val, "test": test}
@@ -147,6 +152,13 @@ class ImageDataModule(pl.LightningDataModule):
         self.on_device, self.on_device_size = bool(on_device), on_device_size
         self.on_device_max_gib, self.on_device_cache = float(on_device_max_gib), on_device_cache
         self._resident: ResidentImages | None = None
+        if decode_on_device and on_device:
+            raise ConfigError(
+                "data.decode_on_device",
+                "data.on_device already keeps the decoded images on the device; set one of the two",
+            )
+        self.decode_on_device = bool(decode_on_device)
+        self._device_decoder = DeviceDecoder(self.train_augmentation(), on_bad_image)
         self._batch_augmentation = BatchAugmentation(
             image_size, self.crop_scale, self.crop_ratio, hflip, crop, self.crop_padding
         )  # built once: the on-device path applies it to every batch
@@ -263,7 +275,12 @@ class ImageDataModule(pl.LightningDataModule):
             dataset = KeyedIndices(len(self.resident()))
             settings: dict[str, Any] = dict(num_workers=0, pin_memory=False, persistent_workers=False)
         else:
-            dataset = ImageDataset(self.source("pretrain"), self.train_augmentation(), self.on_bad_image)
+            dataset = ImageDataset(
+                self.source("pretrain"),
+                self.train_augmentation(),
+                self.on_bad_image,
+                not self.decode_on_device,
+            )
             settings = self._loader_settings()
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -298,6 +315,7 @@ class ImageDataModule(pl.LightningDataModule):
             num_replicas=world,
             rank=rank,
             shuffle_buffer=source.shuffle_buffer,
+            decode_here=not self.decode_on_device,
         )
         kept = len(stream) * world
         log.info(
@@ -355,7 +373,7 @@ class ImageDataModule(pl.LightningDataModule):
             self.bad_images.update(self._resident.bad)
         return self._resident
 
-    def train_augmentation(self, rand_augment: Sequence[int] | None = None) -> Callable:
+    def train_augmentation(self, rand_augment: Sequence[int] | None = None) -> KeyedAugmentation:
         """The crop and flip of training images (keyed), with RandAugment ``(num_ops, magnitude)`` after."""
         return KeyedAugmentation(
             self.image_size,
@@ -414,10 +432,22 @@ class ImageDataModule(pl.LightningDataModule):
         An ``on_device`` pretraining batch arrives as indices and keys: its images are gathered from
         the resident copy and augmented in one batched call first.
         """
-        if "image" not in batch and self._resident is not None:
+        if "encoded" in batch:
+            self._decode_on_device(batch)
+        elif "image" not in batch and self._resident is not None:
             images = self._resident.gather(batch["index"])
             batch["image"] = self._batch_augmentation(images, batch["key"])
         return self.prepare_batch(batch)
+
+    def _decode_on_device(self, batch: dict[str, Any]) -> None:
+        """``encoded`` file bytes -> ``image`` crops decoded on the batch's device; unreadable ones dropped."""
+        encoded = batch.pop("encoded")
+        images, kept, bad = self._device_decoder(encoded, batch["key"].device)
+        if bad:
+            for name in ("label", "index", "key"):
+                batch[name] = batch[name][torch.tensor(kept, dtype=torch.long, device=batch[name].device)]
+            batch["bad_images"] = [*batch.get("bad_images", []), *bad]
+        batch["image"] = images
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """(B, 3, H, W) uint8 ``image`` -> normalized float32, in place of the uint8 one."""

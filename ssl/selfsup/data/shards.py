@@ -62,11 +62,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from selfsup.atomic import atomic_write_text, temp_path
-from selfsup.data.dataset import BAD_IMAGE_POLICIES, BadImage
-from selfsup.data.decode import decode
+from selfsup.data.dataset import BAD_IMAGE_POLICIES, BadImage, sample_item
 from selfsup.data.sources import IMAGE_EXTENSIONS, UNLABELED, ImageSource, Sample, encoded
-from selfsup.data.transforms import KeyedAugmentation
-from selfsup.errors import ConfigError, DataError, UnreadableImageError
+from selfsup.errors import ConfigError, DataError
 from selfsup.training.randomness import GOLDEN, mix64, sample_key
 
 if TYPE_CHECKING:
@@ -496,6 +494,8 @@ class ShardStream(IterableDataset):
         num_replicas: world size.
         rank: this process's rank.
         shuffle_buffer: samples each worker holds to shuffle (1: none).
+        decode_here: decode in the workers; False hands out file bytes for the device
+            (``data.decode_on_device``, :mod:`selfsup.data.device_decode`).
     """
 
     def __init__(
@@ -509,11 +509,12 @@ class ShardStream(IterableDataset):
         num_replicas: int = 1,
         rank: int = 0,
         shuffle_buffer: int = 1000,
+        decode_here: bool = True,
     ) -> None:
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise DataError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         self.source, self.shards = source, source.shards
-        self.transform, self.on_bad_image = transform, on_bad_image
+        self.transform, self.on_bad_image, self.decode_here = transform, on_bad_image, decode_here
         self.seed, self.batch_size = int(seed), int(batch_size)
         self.num_replicas, self.rank, self.shuffle_buffer = int(num_replicas), int(rank), int(shuffle_buffer)
         self.epoch = 0
@@ -613,19 +614,9 @@ class ShardStream(IterableDataset):
                     break
 
     def _item(self, raw: dict[str, Any], index: int, key: int) -> dict[str, Any] | BadImage:
-        """Decode and transform one streamed sample, as ``ImageDataset.__getitem__`` does."""
+        """One streamed sample as ``ImageDataset`` makes its items (decoded here or on the device)."""
         sample = _sample(raw, raw["__shard__"])
-        try:
-            image = decode(sample.data, sample.name)
-        except UnreadableImageError:
-            if self.on_bad_image == "error":
-                raise
-            return BadImage(sample.name)  # logged once per file by the DataModule
-        if isinstance(self.transform, KeyedAugmentation):
-            image = self.transform(image, key)
-        elif self.transform is not None:
-            image = self.transform(image)
-        return {"image": image, "label": sample.label, "index": index, "key": key}
+        return sample_item(sample, index, key, self.transform, self.on_bad_image, self.decode_here)
 
 
 def _read_shard(path: Path, selected: Callable[[str], bool]) -> Iterator[dict[str, Any]]:
