@@ -14,6 +14,7 @@ log=${OUT:-/tmp}/gpu_session.log
   python3 -m pytest -m gpu tests -q -p no:cacheprovider
   python3 -m benchmarks.data_path --quick
   python3 -m benchmarks.data_path --quick --set data.batch_size=512
+  python3 -m benchmarks.data_path --quick --jpeg-size 224 --paths workers device_decode --workers 8 --set data.batch_size=256
   python3 -m benchmarks.gpu_throughput --quick --set trainer=gpu
   python3 -m benchmarks.gpu_throughput --quick --configs rotnet_nin rotnet_resnet18 --set trainer=gpu_fast
 } 2>&1 | tee "$log"
