@@ -7,7 +7,11 @@ Protocol details that matter:
 - ``rotations: all`` feeds all four rotations of every image in the same batch, as the paper and its
   official code do (their Table 1 shows this beats one random rotation per image); ``rotations: random``
   draws one rotation per image (VISSL's variant), a quarter of the compute per image;
-- a 4-way classifier on the pooled encoder features (``head_hidden_dims: []``) or an MLP.
+- a 4-way classifier on the pooled encoder features (``head_hidden_dims: []``) or an MLP;
+- ``hflip_after_rotation`` mirrors each rotated input (VISSL's transform order, ``ImgRotatePil``
+  before ``RandomHorizontalFlip``; pair it with ``data.hflip=false``). A mirrored quarter turn looks
+  like the opposite quarter turn of the mirrored image, so for content that is left-right symmetric
+  the 90 and 270 degree labels become indistinguishable; the default mirrors before rotating.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from selfsup.tasks.base import PretextTask, StepOutput
 from selfsup.tasks.heads import mlp
 from selfsup.training.budget import MeasuredNeed
 from selfsup.training.optim import OptimSettings
-from selfsup.training.randomness import ROTATION, integers, random_keys
+from selfsup.training.randomness import ROTATION, ROTATION_FLIP, integers, random_keys, uniform
 
 NUM_ROTATIONS = 4
 MODES = ("all", "random")
@@ -67,6 +71,20 @@ def rotate_batch(
     raise ValueError(f"rotations must be one of {MODES}, got {mode!r}")
 
 
+def mirror_rotated(inputs: Tensor, keys: Tensor, mode: str) -> Tensor:
+    """Mirror each rotated input horizontally with probability 1/2, drawn from its image's key.
+
+    Args:
+        inputs: :func:`rotate_batch`'s (4B or B, C, S, S) inputs (``all``: rotation-major).
+        keys: (B,) int64 sample keys of the source images.
+        mode: the ``rotations`` mode the inputs were made with.
+    """
+    per_image = NUM_ROTATIONS if mode == "all" else 1
+    draws = uniform(keys, ROTATION_FLIP, per_image)  # (B, per_image)
+    mirrored = (draws.t().reshape(-1) < 0.5).view(-1, 1, 1, 1)  # rotation-major, as the inputs
+    return torch.where(mirrored, inputs.flip(-1), inputs)
+
+
 class RotNet(PretextTask):
     """Rotation prediction.
 
@@ -74,6 +92,7 @@ class RotNet(PretextTask):
         encoder: the encoder to pretrain.
         rotations: ``all`` or ``random`` (see the module docstring); ``random`` as in conf/task/rotnet.yaml.
         head_hidden_dims: hidden widths of the rotation classifier; empty for a linear one.
+        hflip_after_rotation: mirror each rotated input (VISSL's order; see the module docstring).
         optim: see :class:`~selfsup.tasks.base.PretextTask`.
         schedule: see :class:`~selfsup.tasks.base.PretextTask`.
 
@@ -95,6 +114,7 @@ class RotNet(PretextTask):
         encoder: Encoder,
         rotations: str = "random",
         head_hidden_dims: Sequence[int] = (),
+        hflip_after_rotation: bool = False,
         optim: OptimSettings | None = None,
         schedule: Callable | None = None,
     ) -> None:
@@ -102,10 +122,15 @@ class RotNet(PretextTask):
             raise ValueError(f"rotations must be one of {MODES}, got {rotations!r}")
         super().__init__(encoder, optim, schedule)
         self.rotations = rotations
+        self.hflip_after_rotation = hflip_after_rotation
         self.head = mlp(encoder.out_dim, list(head_hidden_dims), NUM_ROTATIONS)
 
     def pretext_step(self, images: Tensor, keys: Tensor | None = None) -> StepOutput:
         inputs, targets = rotate_batch(images, self.rotations, keys=keys)
+        if self.hflip_after_rotation:
+            if keys is None:
+                keys = random_keys(images.shape[0], images.device)
+            inputs = mirror_rotated(inputs, keys, self.rotations)
         logits = self.head(self.encode(inputs))
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()

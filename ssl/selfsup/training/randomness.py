@@ -35,6 +35,8 @@ _LOW53 = (1 << 53) - 1
 CROP, FLIP, ROTATION, MASK, PERMUTATION, ORIGIN, OFFSETS, JITTER, GRAYSCALE = range(1, 10)
 # The seed of a library transform that draws from torch's generator (RandAugment), forked per sample.
 LIBRARY_SEED = 10
+# RotNet's optional mirror after the rotation (VISSL's transform order).
+ROTATION_FLIP = 11
 _SEED, _EPOCH = 101, 102
 
 
