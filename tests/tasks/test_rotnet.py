@@ -82,7 +82,7 @@ def test_mirroring_after_the_rotation_flips_each_input_from_its_key(mode: str) -
 
     images = torch.randn(64, 3, 8, 8)
     keys = sample_key(0, 0, torch.arange(64))
-    inputs, targets = rotate_batch(images, mode, keys=keys)
+    inputs, _ = rotate_batch(images, mode, keys=keys)
     mirrored = mirror_rotated(inputs, keys, mode)
     flipped = torch.tensor([torch.equal(m, i.flip(-1)) for m, i in zip(mirrored, inputs, strict=True)])
     kept = torch.tensor([torch.equal(m, i) for m, i in zip(mirrored, inputs, strict=True)])
