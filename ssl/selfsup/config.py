@@ -176,10 +176,17 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def check_training(cfg: DictConfig) -> None:
     """Value checks on the trainer and optimizer settings of a pretraining run."""
     epochs, steps = select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")
-    if (epochs is None or epochs <= 0) and (steps is None or steps <= 0):
+    unbounded = (epochs is None or epochs <= 0) and (steps is None or steps <= 0)
+    if unbounded and not OmegaConf.select(cfg, "trainer.max_time"):
         raise ConfigError(
             "trainer.max_epochs",
             f"set max_epochs or max_steps to a positive number (got {epochs} and {steps})",
+        )
+    if unbounded and cfg.get("schedule") is not None:
+        raise ConfigError(
+            "trainer.max_time",
+            "a time budget alone gives the learning-rate schedule no length in steps: set trainer.max_steps "
+            "or trainer.max_epochs as well (the time budget still stops the run when it runs out first)",
         )
     require_positive_number(cfg, "optim.lr")
     require_choice(cfg, "optim.lr_scaling", ("none", "linear", "sqrt"))

@@ -81,3 +81,25 @@ def test_a_size_where_the_task_never_beat_random_init_is_warned_about_whatever_t
         short_budget_warning(needs, "X", 64, 1.0) is not None
         and short_budget_warning(needs, "X", 64, 2.0) is None
     )
+
+
+def test_a_time_budget_stops_the_run_first(make_cfg) -> None:
+    """The README's `trainer.max_time=...` beside the step and epoch limits: the clock ends the run."""
+    overrides = [
+        *FAST,
+        "trainer.max_steps=100000",
+        "trainer.max_epochs=10000",
+        "trainer.max_time=00:00:00:04",
+    ]
+    results = pretrain(make_cfg(overrides))
+    assert 0 < results["steps"] < 100000 and results["time_s"] < 60
+
+
+def test_a_time_budget_alone_is_refused_while_a_schedule_needs_a_length(make_cfg) -> None:
+    from selfsup.config import check_training
+    from selfsup.errors import ConfigError
+
+    alone = ["trainer.max_steps=-1", "trainer.max_epochs=-1", "trainer.max_time=00:01:00:00"]
+    with pytest.raises(ConfigError, match=r"trainer\.max_time.*no length in steps.*max_steps"):
+        check_training(make_cfg(alone))
+    check_training(make_cfg([*alone, "~schedule"]))  # a constant rate needs no length

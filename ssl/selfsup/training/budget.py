@@ -180,8 +180,8 @@ class BudgetReport(pl.Callback):
 
 
 RAISE_IT = (
-    "Raise trainer.max_steps or trainer.max_epochs, or set a time budget: "
-    "trainer.max_time=00:02:00:00 trainer.max_steps=-1 trainer.max_epochs=-1"
+    "Raise trainer.max_steps or trainer.max_epochs (the schedule is laid out over them), and add "
+    "a time budget if you want one: trainer.max_time=00:02:00:00 stops the run when it runs out first"
 )
 
 
