@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -140,3 +141,29 @@ def test_rotnet_nin_experiments_use_the_official_data_pipeline(make_cfg, experim
     )
     assert (cfg.encoder.num_blocks, cfg.encoder.avg_pool_block3, cfg.task.rotations) == (4, False, "all")
     assert cfg.optim.no_decay_bias_and_norm is False and cfg.optim.lr_scaling == "none"
+
+
+def test_a_script_that_stops_mid_epoch_with_workers_exits(tmp_path: Path) -> None:
+    """Workers ignore their first SIGTERM (preemption); at exit they must still end, not hang the process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "stop_mid_epoch.py"
+    script.write_text(
+        "from functools import partial\n"
+        "from selfsup.data.synthetic import synthetic\n"
+        "from tests.conftest import test_datamodule\n"
+        "dm = test_datamodule(pretrain=partial(synthetic, 64, 32, seed=0), batch_size=8, num_workers=1,\n"
+        "                     persistent_workers=True)\n"
+        "dm.setup('fit')\n"
+        "batches = iter(dm.train_dataloader())\n"
+        "next(batches)\n"
+        "print('stopping with the loader still running', flush=True)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert done.returncode == 0 and "stopping" in done.stdout, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]

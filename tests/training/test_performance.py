@@ -98,7 +98,9 @@ TASK_ENCODERS = {
 }
 
 
-def _task_step(make_cfg, task_name: str, device: str) -> tuple[torch.nn.Module, Callable[[], None]]:
+def _task_step(
+    make_cfg, task_name: str, device: str
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Callable[[], None]]:
     """A task of ``conf/task/<name>.yaml`` on ``device`` and one bf16 training step (fused optimizer on GPUs)."""
     from selfsup.stages.components import build_pretext_encoder, build_task
     from selfsup.training.optim import build_optimizer
@@ -117,13 +119,13 @@ def _task_step(make_cfg, task_name: str, device: str) -> tuple[torch.nn.Module, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return task, step
+    return task, optimizer, step
 
 
 @pytest.mark.parametrize("task_name", list(TASK_ENCODERS))
 def test_every_task_runs_the_fast_step_on_the_cpu(make_cfg, task_name: str) -> None:
     """What the GPU test below runs, on the CPU: bf16 autocast, channels_last, AdamW."""
-    task, step = _task_step(make_cfg, task_name, "cpu")
+    task, _, step = _task_step(make_cfg, task_name, "cpu")
     step()
     assert all(torch.isfinite(p).all() for p in task.parameters())
 
@@ -134,7 +136,8 @@ def test_a_task_step_never_waits_for_the_gpu(make_cfg, task_name: str) -> None:
     """No host-device synchronisation in a bf16 step, its backward and the fused optimizer step."""
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
-    _, step = _task_step(make_cfg, task_name, "cuda")
+    _, optimizer, step = _task_step(make_cfg, task_name, "cuda")
+    assert optimizer.defaults.get("fused") is True, "torch's fused AdamW on CUDA"
     step()  # warm-up: cuDNN autotuning and lazy initialisation may synchronise once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -13,7 +13,9 @@ same state protocol, and the items the rest of the pipeline expects.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -417,6 +419,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader_settings(self) -> dict[str, Any]:
         """What every loader of this datamodule shares: workers, collation, pinning."""
+        if self.num_workers > 0:
+            end_workers_at_exit()
         return dict(
             num_workers=self.num_workers,
             collate_fn=collate,
@@ -482,3 +486,34 @@ def worker_init(worker_id: int) -> None:
 
 def _end_on_second_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_exit_hook_registered = False
+
+
+def end_workers_at_exit() -> None:
+    """Make sure no loader worker outlives the interpreter's exit (registered once, in the main process).
+
+    A worker ignores its first SIGTERM (:func:`worker_init`), and at exit ``multiprocessing``
+    terminates its daemonic children once and then joins them: a loader iterator still alive then
+    (a script that stops mid-epoch) would make the process wait for ever. This hook, run before
+    ``multiprocessing``'s own (atexit runs the last registered first), kills the daemonic children,
+    which are about to be terminated anyway. Two SIGTERMs would not do: sent back to back, the
+    second can merge into the first before the worker's handler has run. (A finished or torn-down
+    loader has shut its workers down already; this only ends those of a loader still running.)
+    """
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_kill_daemonic_children)
+        _exit_hook_registered = True
+
+
+def _kill_daemonic_children() -> None:
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    # torch's SIGCHLD handler would report each killed worker as a failure: we are exiting anyway.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+        child.join(timeout=5)
