@@ -103,3 +103,15 @@ def test_a_time_budget_alone_is_refused_while_a_schedule_needs_a_length(make_cfg
     with pytest.raises(ConfigError, match=r"trainer\.max_time.*no length in steps.*max_steps"):
         check_training(make_cfg(alone))
     check_training(make_cfg([*alone, "~schedule"]))  # a constant rate needs no length
+
+
+def test_a_measurement_applies_to_the_encoder_it_was_made_with() -> None:
+    """RotNet's needs were measured with ResNet-18: a NIN at 32 px is not warned about on their account."""
+    from selfsup.tasks.rotnet import RotNet
+    from selfsup.training.budget import for_encoder
+
+    assert short_budget_warning(for_encoder(RotNet.measured_needs, "NINEncoder"), "RotNet", 32, 1.0) is None
+    resnet = for_encoder(RotNet.measured_needs, "ResNetEncoder")
+    assert resnet == RotNet.measured_needs
+    assert short_budget_warning(resnet, "RotNet", 32, 1.0) is not None
+    assert for_encoder((MeasuredNeed(64, 1.0, 1.0),), "ViTEncoder"), "a measurement for any encoder applies"

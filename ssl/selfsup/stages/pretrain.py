@@ -26,7 +26,7 @@ from selfsup.encoders import export
 from selfsup.errors import CheckpointError, ConfigError, Interrupted
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_pretraining, setup_runtime
-from selfsup.training.budget import BudgetReport
+from selfsup.training.budget import BudgetReport, for_encoder
 from selfsup.training.callbacks import Throughput
 from selfsup.training.checkpoint_io import check_checkpoint, newest_readable
 from selfsup.training.faults import GracefulInterrupt, NonFiniteGuard
@@ -178,7 +178,7 @@ def _train_and_export(
     budget = BudgetReport(
         len(datamodule.source("pretrain")),
         images_per_step,
-        task.measured_needs,
+        for_encoder(task.measured_needs, type(task.encoder).__name__),
         type(task).__name__,
         datamodule.image_size,
     )

@@ -33,13 +33,21 @@ class MeasuredNeed:
             above its random initialization at every probed layer, on validation; None when it did
             not within ``tried``.
         tried: the longest budget measured at this size, in epochs.
+        encoder: the encoder class it was measured with (``ResNetEncoder``); None: any encoder.
+            Another encoder learns at another pace, so the measurement says nothing about it.
         where: where the measurement is written down.
     """
 
     image_size: int
     epochs: float | None
     tried: float
+    encoder: str | None = None
     where: str = "benchmarks/README.md"
+
+
+def for_encoder(needs: tuple[MeasuredNeed, ...], encoder: str) -> tuple[MeasuredNeed, ...]:
+    """The measurements that apply to an encoder of class ``encoder`` (its own, and those for any)."""
+    return tuple(n for n in needs if n.encoder in (None, encoder))
 
 
 def need_at(needs: tuple[MeasuredNeed, ...], image_size: int) -> MeasuredNeed | None:
