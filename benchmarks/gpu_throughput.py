@@ -115,7 +115,9 @@ def full_step(cfg: Any, warmup: int) -> tuple[float, float, Any, Any]:
     profiler = SimpleProfiler(dirpath=cfg.paths.run_dir, filename="profile")  # its table to a file
     trainer = build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False, profiler=profiler)
     trainer.callbacks.append(timer)  # type: ignore[attr-defined]
+    device = trainer.strategy.root_device
     trainer.fit(task, datamodule=datamodule)
+    task.to(device)  # Lightning's teardown moved it to the CPU; the floor and FLOPs run where it trained
     durations = profiler.recorded_durations
     fetches = durations.get(DATA_NEXT, [])[warmup:]
     seconds = timer.seconds_per_step()
@@ -164,9 +166,8 @@ def floor_step(cfg: Any, task: Any, images: torch.Tensor, steps: int, warmup: in
 def step_flops(task: Any, images: torch.Tensor) -> int:
     """FLOPs of one pretext step and its backward (eager, counted by torch's flop counter)."""
     counter = FlopCounterMode(display=False)
-    step = getattr(task.pretext_step, "_torchdynamo_orig_callable", task.pretext_step)  # eager for counting
     with counter:
-        step(images, None).loss.backward()
+        task.pretext_step(images, None).loss.backward()  # the eager step, even when training compiles it
     task.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 

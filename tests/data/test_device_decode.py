@@ -147,3 +147,14 @@ def test_pretraining_decodes_on_the_device_and_lists_the_bad_files(tmp_path: Pat
     assert metrics["steps"] == 3 and metrics["bad_images"] == len(files["bad"])
     listed = set((run / "bad_images.txt").read_text().split())
     assert listed == {str(p) for p in files["bad"]}
+
+
+def test_lightnings_batch_transfer_leaves_the_bytes_on_the_host(tmp_path: Path) -> None:
+    """Lightning moves dataclasses' tensors too; decode_jpeg needs host bytes, so these must stay."""
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
+    files = _folder(tmp_path / "images")
+    batch = {"encoded": _encoded(files["good"][:2], [1, 2]), "key": torch.tensor([1, 2])}
+    moved = move_data_to_device(batch, torch.device("meta"))
+    assert moved["key"].device.type == "meta", "the transfer ran"
+    assert all(data.device.type == "cpu" for data in moved["encoded"].data)

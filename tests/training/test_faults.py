@@ -400,3 +400,11 @@ def test_a_second_run_in_the_same_directory_is_refused(tmp_path: Path) -> None:
         holder.wait()
     with RunDir.default(run).locked(), RunDir.default(run).locked():  # free again, and re-entrant
         assert (run / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_checked_every_n_steps_a_run_that_ends_mid_interval_still_stops_at_the_first_bad_step() -> None:
+    """max_steps (or max_time) can end a run between two read-backs: the end of training reads it."""
+    from selfsup.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"NaN or inf at step 2\b"):
+        _fit(_Spiky({1}), NonFiniteGuard(check_every_n_steps=50), 3)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from selfsup.encoders import ResNetEncoder
@@ -26,7 +27,7 @@ def _loss_and_grads(
     task: torch.nn.Module, images: torch.Tensor, keys: torch.Tensor
 ) -> tuple[float, torch.Tensor]:
     task.zero_grad(set_to_none=True)
-    loss = task.pretext_step(images, keys).loss
+    loss = task.step(images, keys).loss
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in task.parameters() if p.grad is not None])
     return float(loss.detach()), grads
@@ -73,20 +74,65 @@ def test_compiling_mae_compiles_its_whole_step() -> None:
     _assert_same_step(_loss_and_grads(fast, images, keys), _loss_and_grads(eager, images, keys))
 
 
+class _CountingScalar:
+    """A logged value that counts how often it is read back (``float()``, as ``.item()`` would sync)."""
+
+    reads = 0
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        _CountingScalar.reads += 1
+        return self.value
+
+
 def test_the_progress_bar_reads_metrics_only_every_n_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    reads: list[int] = []
-
-    def read(self: ProgressBar, trainer: SimpleNamespace, pl_module: object) -> dict[str, float]:
-        reads.append(trainer.global_step)
-        return {"loss": float(trainer.global_step)}
-
-    monkeypatch.setattr("pytorch_lightning.callbacks.RichProgressBar.get_metrics", read)
+    monkeypatch.setattr(
+        "pytorch_lightning.callbacks.RichProgressBar.get_metrics", lambda self, t, m: {"v_num": 0}
+    )
     bar = ProgressBar(metrics_every_n_steps=10)
-    shown = [bar.get_metrics(SimpleNamespace(global_step=s, training=True), None)["loss"] for s in range(25)]
-    assert reads == [0, 10, 20]
-    assert shown[9] == 0.0 and shown[10] == 10.0 and shown[24] == 20.0
-    bar.get_metrics(SimpleNamespace(global_step=25, training=False), None)  # after training: fresh values
-    assert reads[-1] == 25
+    _CountingScalar.reads = 0
+    shown = []
+    for step in range(25):
+        logged = {"train/loss": _CountingScalar(float(step)), "lr": _CountingScalar(1.0)}
+        trainer = SimpleNamespace(global_step=step, training=True, callback_metrics=logged)
+        shown.append(bar.get_metrics(trainer, None))
+    assert _CountingScalar.reads == 3, "read at steps 0, 10 and 20 only, and only the train/ metrics"
+    assert (
+        shown[9]["train/loss"] == 0.0 and shown[10]["train/loss"] == 10.0 and shown[24]["train/loss"] == 20.0
+    )
+    assert "lr" not in shown[0] and shown[0]["v_num"] == 0
+
+
+def test_training_logs_nothing_for_lightning_to_read_back_every_batch(
+    make_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning converts progress-bar metrics to numbers after every batch: the tasks log none there."""
+    import importlib
+
+    from tests.conftest import FAST
+
+    stage = importlib.import_module(
+        "selfsup.stages.pretrain"
+    )  # the module; selfsup.stages exports the function
+
+    seen: list[dict[str, float]] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+            seen.append(dict(trainer.progress_bar_metrics))
+
+    def build_with_watch(cfg, **kwargs):
+        trainer = build_trainer(cfg, **kwargs)
+        trainer.callbacks.append(Watch())
+        return trainer
+
+    build_trainer = stage.build_trainer
+    monkeypatch.setattr(stage, "build_trainer", build_with_watch)
+    results = stage.pretrain(make_cfg([*FAST, "trainer.max_steps=3"]))
+    assert results["steps"] == 3 and len(seen) == 3
+    assert not [name for metrics in seen for name in metrics if name.startswith("train/")]
 
 
 # Each task with a small encoder it can train; the ViT tasks on a ViT.
@@ -114,7 +160,7 @@ def _task_step(
 
     def step() -> None:
         with torch.autocast(device, dtype=torch.bfloat16):
-            loss = task.pretext_step(images, keys).loss
+            loss = task.step(images, keys).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -145,3 +191,27 @@ def test_a_task_step_never_waits_for_the_gpu(make_cfg, task_name: str) -> None:
         step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_compiled_task_copies_and_pickles_with_its_own_weights() -> None:
+    """The compiled step is the class's function called with the task: a copy steps its own weights
+    (an EMA or SWA copy must not train the original's), and pickling (ddp_spawn) works."""
+    import copy
+    import pickle
+
+    task = _rotnet()
+    task.compile_step()  # lazy: nothing is compiled until the first call
+    twin = copy.deepcopy(task)
+    assert callable(twin.__dict__.get("_compiled_step")), "compiled again for the copy"
+    again = pickle.loads(pickle.dumps(task))
+    assert callable(again.__dict__.get("_compiled_step")) and again._compile_mode is None
+    calls: list[object] = []
+
+    def shared(self: object, images: torch.Tensor, keys: object) -> None:  # stands in for the compiled one
+        calls.append(self)
+
+    shallow = copy.copy(task)  # shares the function object with the original
+    task.__dict__["_compiled_step"] = shallow.__dict__["_compiled_step"] = shared
+    shallow.step(torch.zeros(1), None)
+    task.step(torch.zeros(1), None)
+    assert calls[0] is shallow and calls[1] is task

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,8 +40,7 @@ JPEG_MAGIC = (0xFF, 0xD8, 0xFF)
 
 @dataclass
 class EncodedImages:
-    """A batch's images as their file bytes, kept on the host (Lightning moves only tensors and
-    objects with ``.to``).
+    """A batch's images as their file bytes, kept on the host by :meth:`to`.
 
     Attributes:
         data: per image, its bytes (1-D uint8) or, for sources that hold decoded pixels, (3, H, W) uint8.
@@ -54,6 +54,11 @@ class EncodedImages:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def to(self, *args: Any, **kwargs: Any) -> EncodedImages:
+        """Stays on the host: Lightning's batch transfer calls ``.to`` on what has one (and would
+        otherwise move the byte tensors inside this dataclass), but ``decode_jpeg`` reads host bytes."""
+        return self
 
 
 def is_jpeg(data: Tensor) -> bool:

@@ -137,23 +137,45 @@ class PretextTask(pl.LightningModule):
         return self.encoder(inputs.contiguous(memory_format=self.memory_format))
 
     def compile_step(self, mode: str | None = None) -> None:
-        """``torch.compile`` :meth:`pretext_step` (inputs, encoder, head and loss), for this instance.
+        """``torch.compile`` :meth:`pretext_step` (inputs, encoder, head and loss) for :meth:`step`.
 
-        The weights stay those of the module (compiling wraps the code, not the parameters), so
-        checkpoints and the exported encoder are unchanged.
+        The compiled code is the class's function, called with this instance, so a copy of the task
+        (``copy.deepcopy``) runs on its own weights; it is not pickled (``__getstate__``) but compiled
+        again after unpickling. The weights stay the module's, so checkpoints and the exported
+        encoder are unchanged.
         """
-        self.pretext_step = torch.compile(self.pretext_step, mode=mode)  # type: ignore[method-assign]
+        self._compile_mode: str | None = mode
+        self._compiled_step = torch.compile(type(self).pretext_step, mode=mode)
+
+    def step(self, images: Tensor, keys: Tensor | None = None) -> StepOutput:
+        """:meth:`pretext_step` as training runs it: compiled after :meth:`compile_step`, else eager."""
+        compiled = self.__dict__.get("_compiled_step")
+        if compiled is not None:
+            return compiled(self, images, keys)
+        return self.pretext_step(images, keys)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_compiled_step", None)  # a compiled function cannot be pickled (ddp_spawn pickles)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_compile_mode" in state:
+            self.compile_step(state["_compile_mode"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         images = batch["image"]
         if images.shape[0] == 0:
             return None  # every image of this batch was unreadable and skipped
-        out = self.pretext_step(images, batch.get("key"))
+        out = self.step(images, batch.get("key"))
         batch_size = images.shape[0]
         # sync_dist: the logged values are the mean over all ranks (a no-op on one process).
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        # prog_bar=False: Lightning would read progress-bar values back after every batch (a device
+        # sync); selfsup's ProgressBar shows them from the logged metrics every log_every_n_steps.
+        self.log("train/loss", out.loss, batch_size=batch_size, sync_dist=True)
         for name, value in out.metrics.items():
-            self.log(f"train/{name}", value, prog_bar=True, batch_size=batch_size, sync_dist=True)
+            self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=True)
         return out.loss
 
     def heads(self) -> list[nn.Module]:

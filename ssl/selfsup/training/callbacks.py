@@ -71,33 +71,33 @@ class Throughput(pl.Callback):
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, reading the logged metrics only every ``metrics_every_n_steps``.
+    """Lightning's rich progress bar, showing the task's ``train/`` metrics read every N steps.
 
-    The bar shows the loss and accuracies that the task logs as tensors on the device; reading one
-    (``.item()``) makes the host wait for every queued kernel. Lightning's bar reads them after every
-    batch, which on a GPU stalls the queue once per step; this one reads them when the loggers do
-    (``trainer.log_every_n_steps``, conf/callbacks/default.yaml) and shows the last values between.
+    The task logs its loss and accuracies as tensors on the device, with ``prog_bar=False``:
+    Lightning turns every progress-bar metric into a Python number after every batch (``.item()``,
+    which makes the host wait for every queued kernel, once per step on a GPU). This bar reads them
+    from ``trainer.callback_metrics`` (still tensors) when the loggers do (``trainer.log_every_n_steps``,
+    conf/callbacks/default.yaml) and shows the last values in between.
 
     Args:
         *args, **kwargs: those of ``RichProgressBar``.
         metrics_every_n_steps: read the metrics every this many optimizer steps (1: every batch).
     """
 
+    PREFIX = "train/"
+
     def __init__(self, *args: Any, metrics_every_n_steps: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if metrics_every_n_steps < 1:
             raise ValueError(f"metrics_every_n_steps must be >= 1, got {metrics_every_n_steps}")
         self.metrics_every_n_steps = metrics_every_n_steps
-        self._shown: dict[str, Any] | None = None
+        self._shown: dict[str, float] | None = None
         self._read_at = -1
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        step = trainer.global_step
-        due = (
-            self._shown is None
-            or step // self.metrics_every_n_steps != self._read_at // self.metrics_every_n_steps
-        )
-        if due or not trainer.training:
-            self._shown, self._read_at = super().get_metrics(trainer, pl_module), step
-        assert self._shown is not None
-        return self._shown
+        step, every = trainer.global_step, self.metrics_every_n_steps
+        if self._shown is None or step // every != self._read_at // every or not trainer.training:
+            logged = trainer.callback_metrics
+            self._shown = {k: float(v) for k, v in logged.items() if k.startswith(self.PREFIX)}
+            self._read_at = step
+        return {**super().get_metrics(trainer, pl_module), **self._shown}

@@ -114,6 +114,14 @@ class NonFiniteGuard(pl.Callback):
         if self.check_every_n_steps > 1:  # Lightning calls this before the file is written
             self._check(trainer, pl_module)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.check_every_n_steps > 1:
+            self._check(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.check_every_n_steps > 1:  # a run stopped mid-epoch (max_steps, max_time) ends here
+            self._check(trainer, pl_module)
+
     def _note(self, finite: torch.Tensor | None, step: int) -> None:
         """Remember ``step`` on the device when ``finite`` is False, unless an earlier step was bad."""
         if finite is None:
