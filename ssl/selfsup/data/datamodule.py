@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -40,6 +40,7 @@ from selfsup.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[], ImageSource]
+LoaderT = TypeVar("LoaderT", ResumableLoader, ShardLoader)
 SPLITS = ("pretrain", "train", "val", "test")
 CAP_KEYS = {"pretrain": "max_images", "train": "max_train_images", "test": "max_test_images"}
 
@@ -284,8 +285,7 @@ class ImageDataModule(pl.LightningDataModule):
                 not self.decode_on_device,
             )
             settings = self._loader_settings()
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world, rank = self._world_and_rank()
         drop_last = len(dataset) >= self.batch_size * world  # as `loader`: keep a set smaller than a batch
         sampler = EpochSampler(
             len(dataset), seed=self.seed, shuffle=True, drop_last=drop_last, num_replicas=world, rank=rank
@@ -298,16 +298,11 @@ class ImageDataModule(pl.LightningDataModule):
             batches_done=self._batches_done,
             **settings,
         )
-        if self._resume_position is not None:
-            loader.load_state_dict(self._resume_position)
-            self._resume_position = None
-        self._train_loader = loader
-        return loader
+        return self._started(loader)
 
     def shard_loader(self, source: ShardImages) -> ShardLoader:
         """The pretraining loader streaming a shard set: this rank's share of whole batches, resumable."""
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world, rank = self._world_and_rank()
         stream = ShardStream(
             source,
             self.train_augmentation(),
@@ -329,10 +324,19 @@ class ImageDataModule(pl.LightningDataModule):
         loader = ShardLoader(
             stream,
             batch_size=self.batch_size,
-            epoch=self._epoch if trainer is not None else None,
+            epoch=self._epoch if self.trainer is not None else None,
             batches_done=self._batches_done,
             **self._loader_settings(),
         )
+        return self._started(loader)
+
+    def _world_and_rank(self) -> tuple[int, int]:
+        """(world size, global rank) of the training run; (1, 0) outside a Trainer."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _started(self, loader: LoaderT) -> LoaderT:
+        """``loader`` as the current pretraining loader, resumed where a checkpoint left off, if any."""
         if self._resume_position is not None:
             loader.load_state_dict(self._resume_position)
             self._resume_position = None
@@ -448,8 +452,9 @@ class ImageDataModule(pl.LightningDataModule):
         encoded = batch.pop("encoded")
         images, kept, bad = self._device_decoder(encoded, batch["key"].device)
         if bad:
+            keep = torch.tensor(kept, dtype=torch.long, device=batch["key"].device)
             for name in ("label", "index", "key"):
-                batch[name] = batch[name][torch.tensor(kept, dtype=torch.long, device=batch[name].device)]
+                batch[name] = batch[name][keep]
             batch["bad_images"] = [*batch.get("bad_images", []), *bad]
         batch["image"] = images
 

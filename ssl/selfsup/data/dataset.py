@@ -28,6 +28,12 @@ from selfsup.errors import DataError, UnreadableImageError
 BAD_IMAGE_POLICIES = ("skip", "error")
 
 
+def require_policy(on_bad_image: str) -> None:
+    """``on_bad_image`` is one of :data:`BAD_IMAGE_POLICIES`, else a DataError naming the choices."""
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DataError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+
+
 class BadImage:
     """Stands in for an image that could not be decoded; the collate function drops it."""
 
@@ -53,8 +59,7 @@ class ImageDataset(Dataset):
         on_bad_image: str = "skip",
         decode_here: bool = True,
     ) -> None:
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise DataError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        require_policy(on_bad_image)
         self.source = source
         self.transform = transform
         self.on_bad_image = on_bad_image

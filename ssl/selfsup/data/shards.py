@@ -62,7 +62,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from selfsup.atomic import atomic_write_text, temp_path
-from selfsup.data.dataset import BAD_IMAGE_POLICIES, BadImage, sample_item
+from selfsup.data.dataset import BadImage, require_policy, sample_item
 from selfsup.data.sources import IMAGE_EXTENSIONS, UNLABELED, ImageSource, Sample, encoded
 from selfsup.errors import ConfigError, DataError
 from selfsup.training.randomness import GOLDEN, mix64, sample_key
@@ -511,8 +511,7 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int = 1000,
         decode_here: bool = True,
     ) -> None:
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise DataError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        require_policy(on_bad_image)
         self.source, self.shards = source, source.shards
         self.transform, self.on_bad_image, self.decode_here = transform, on_bad_image, decode_here
         self.seed, self.batch_size = int(seed), int(batch_size)
