@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 from selfsup.stages.pretrain import pretrain
 from selfsup.training.budget import MeasuredNeed, plan, short_budget_warning
@@ -106,12 +107,19 @@ def test_a_time_budget_alone_is_refused_while_a_schedule_needs_a_length(make_cfg
 
 
 def test_a_measurement_applies_to_the_encoder_it_was_made_with() -> None:
-    """RotNet's needs were measured with ResNet-18: a NIN at 32 px is not warned about on their account."""
+    """RotNet's needs were measured with ResNet-18: neither a NIN nor a ResNet-50 at 32 px is warned
+    about on their account; the encoders' own recorded configs decide."""
+    from selfsup.encoders.nin import NINEncoder
+    from selfsup.encoders.resnet import ResNetEncoder
     from selfsup.tasks.rotnet import RotNet
     from selfsup.training.budget import for_encoder
 
-    assert short_budget_warning(for_encoder(RotNet.measured_needs, "NINEncoder"), "RotNet", 32, 1.0) is None
-    resnet = for_encoder(RotNet.measured_needs, "ResNetEncoder")
-    assert resnet == RotNet.measured_needs
-    assert short_budget_warning(resnet, "RotNet", 32, 1.0) is not None
+    def needs(encoder: torch.nn.Module) -> tuple[MeasuredNeed, ...]:
+        return for_encoder(RotNet.measured_needs, type(encoder).__name__, encoder.config)
+
+    assert short_budget_warning(needs(NINEncoder(num_blocks=4)), "RotNet", 32, 1.0) is None
+    assert short_budget_warning(needs(ResNetEncoder(depth=50, cifar_stem=True)), "RotNet", 32, 1.0) is None
+    resnet18 = needs(ResNetEncoder(depth=18, cifar_stem=True))
+    assert resnet18 == RotNet.measured_needs
+    assert short_budget_warning(resnet18, "RotNet", 32, 1.0) is not None
     assert for_encoder((MeasuredNeed(64, 1.0, 1.0),), "ViTEncoder"), "a measurement for any encoder applies"

@@ -178,7 +178,7 @@ def _train_and_export(
     budget = BudgetReport(
         len(datamodule.source("pretrain")),
         images_per_step,
-        for_encoder(task.measured_needs, type(task.encoder).__name__),
+        for_encoder(task.measured_needs, type(task.encoder).__name__, task.encoder.config),
         type(task).__name__,
         datamodule.image_size,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ class MeasuredNeed:
         tried: the longest budget measured at this size, in epochs.
         encoder: the encoder class it was measured with (``ResNetEncoder``); None: any encoder.
             Another encoder learns at another pace, so the measurement says nothing about it.
+        encoder_config: the constructor settings it was measured with, as (name, value) pairs
+            (``(("depth", 18),)``): a ResNet-50 is not the ResNet-18 that was measured.
         where: where the measurement is written down.
     """
 
@@ -42,12 +45,22 @@ class MeasuredNeed:
     epochs: float | None
     tried: float
     encoder: str | None = None
+    encoder_config: tuple[tuple[str, Any], ...] = ()
     where: str = "benchmarks/README.md"
 
+    def applies_to(self, encoder: str, config: Mapping[str, Any]) -> bool:
+        """Whether an encoder of class ``encoder`` built with ``config`` is the one measured."""
+        if self.encoder is None:
+            return True
+        return encoder == self.encoder and all(config.get(k) == v for k, v in self.encoder_config)
 
-def for_encoder(needs: tuple[MeasuredNeed, ...], encoder: str) -> tuple[MeasuredNeed, ...]:
-    """The measurements that apply to an encoder of class ``encoder`` (its own, and those for any)."""
-    return tuple(n for n in needs if n.encoder in (None, encoder))
+
+def for_encoder(
+    needs: tuple[MeasuredNeed, ...], encoder: str, config: Mapping[str, Any] | None = None
+) -> tuple[MeasuredNeed, ...]:
+    """The measurements that apply to an encoder of class ``encoder`` built with ``config`` (its
+    constructor settings, :attr:`Encoder.config`): its own, and those for any encoder."""
+    return tuple(n for n in needs if n.applies_to(encoder, config or {}))
 
 
 def need_at(needs: tuple[MeasuredNeed, ...], image_size: int) -> MeasuredNeed | None:
