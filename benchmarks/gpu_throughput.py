@@ -13,7 +13,10 @@ configuration's size, since throughput does not depend on what the pixels show):
   queued only when the data path is the bottleneck; when the GPU is, the host waits elsewhere;
 - **MFU**: the step's FLOPs (``torch.utils.flop_counter`` over one eager pretext step and its
   backward) times steps per second, over the chip's dense bf16 peak (a table below; null when the
-  chip is not in it, e.g. on a CPU).
+  chip is not in it, e.g. on a CPU);
+- **schedule time**: one epoch of the paper's dataset and the configuration's whole schedule (its
+  ``max_steps`` or ``max_epochs``) at the full rate on this one device: for RotNet's NIN, whether the
+  paper's 100 epochs fit a 10-minute GPU call (issue 14), and if not, what would.
 
 Goals on one H200 (issue 12): data wait under 5 %, full within 10 % of the floor, RotNet CIFAR-10 at a
 rate where 100 epochs of all four rotations (5M source images) take under 5 minutes (16.7k img/s).
@@ -52,6 +55,12 @@ CONFIGS: dict[str, list[str]] = {
         "task=simmim", "encoder=vit_base", "data.image_size=224", "data.batch_size=128",
         "data.crop_scale=[0.67,1.0]",
     ],
+}  # fmt: skip
+# The training images of each configuration's paper dataset (CIFAR-10, ImageNet-1k): with the
+# schedule's length from the composed experiment, what the measured rate makes of a whole run.
+PAPER_IMAGES = {
+    "rotnet_nin": 50_000, "rotnet_resnet18": 50_000, "jigsaw": 1_281_167,
+    "mae_vitb16": 1_281_167, "simmim_vitb16": 1_281_167,
 }  # fmt: skip
 # Dense bf16 peak FLOP/s per chip (vendor data sheets; sparsity excluded).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
@@ -101,6 +110,20 @@ def compose(name: str, extra: list[str], steps: int) -> Any:
         "callbacks.progress_bar=null", f"trainer.max_steps={steps}", "trainer.max_epochs=10000",
     ]  # fmt: skip
     return compose_cfg([*CONFIGS[name], *size_hint, *extra, *no_extras])
+
+
+def schedule_images(name: str) -> tuple[int, str]:
+    """Source images the configuration's schedule trains on over its paper dataset, and how it is set.
+
+    The schedule is the composed configuration's own (``trainer.max_steps`` when set, else
+    ``max_epochs`` over :data:`PAPER_IMAGES`), before this benchmark shortens it.
+    """
+    cfg = compose_cfg(CONFIGS[name])
+    steps, epochs = int(cfg.trainer.max_steps), int(cfg.trainer.max_epochs)
+    if steps > 0:
+        batch = int(cfg.data.batch_size) * int(cfg.trainer.get("accumulate_grad_batches", 1))
+        return steps * batch, f"trainer.max_steps={steps} x {batch} images"
+    return epochs * PAPER_IMAGES[name], f"{epochs} epochs of {PAPER_IMAGES[name]:,} images"
 
 
 def full_step(cfg: Any, warmup: int) -> tuple[float, float, Any, Any]:
@@ -180,18 +203,23 @@ def measure(name: str, extra: list[str], steps: int, warmup: int) -> dict[str, A
     floor = floor_step(cfg, task, images, steps, warmup)
     flops = step_flops(task, images)
     peak = peak_flops()
+    rate = batch_size / seconds
+    schedule, schedule_is = schedule_images(name)
     return {
         "config": name,
         "overrides": [*CONFIGS[name], *extra],
         "batch_size": batch_size,
         "image_size": int(images.shape[-1]),
-        "full_images_per_s": round(batch_size / seconds, 1),
+        "full_images_per_s": round(rate, 1),
         "floor_images_per_s": round(batch_size / floor, 1),
         "full_vs_floor": round(floor / seconds, 3),
         "data_wait_share": round(wait, 4),
         "tflop_per_step": round(flops / 1e12, 4),
         "achieved_tflops": round(flops / seconds / 1e12, 2),
         "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "epoch_s_on_paper_data": round(PAPER_IMAGES[name] / rate, 1),
+        "schedule": schedule_is,
+        "schedule_h_on_this_device": round(schedule / rate / 3600, 3),
         "steps": steps,
         "warmup": warmup,
     }
@@ -215,7 +243,9 @@ def main() -> None:
         print(
             f"{name:16s} full {result['full_images_per_s']:9.1f} img/s  floor {result['floor_images_per_s']:9.1f}"
             f"  full/floor {result['full_vs_floor']:.2f}  data wait {100 * result['data_wait_share']:4.1f}%"
-            f"  {result['achieved_tflops']:7.2f} TFLOP/s  MFU {mfu}  -> {path}"
+            f"  {result['achieved_tflops']:7.2f} TFLOP/s  MFU {mfu}"
+            f"  epoch {result['epoch_s_on_paper_data']:.0f} s, schedule ({result['schedule']})"
+            f" {60 * result['schedule_h_on_this_device']:.1f} min  -> {path}"
         )
 
 
