@@ -190,7 +190,11 @@ def _sections(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def write_report(
-    run_dir: RunDir, metrics: Mapping[str, Any], figures: Mapping[str, Path | None], title: str
+    run_dir: RunDir,
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, Path | None],
+    title: str,
+    extra: Sequence[str] = (),
 ) -> Path:
     """Write the run's report.md (atomically) from its metrics and figures (paths inside the run directory).
 
@@ -199,6 +203,7 @@ def write_report(
         metrics: as metrics.json holds them (``pretrain``, ``linear_probe``, ``knn``, ``finetune``, ...).
         figures: caption -> PNG (None: not drawn, left out).
         title: the page's heading.
+        extra: markdown lines placed after the result tables (the published numbers beside ours).
     """
     parts = [f"# {title}", ""]
     pretrain = metrics.get("pretrain")
@@ -209,7 +214,7 @@ def write_report(
             markdown_table(["metric", "value"], pretrain_rows(pretrain)),
             "",
         ]
-    parts += _sections(metrics)
+    parts += [*_sections(metrics), *extra]
     shown = {name: path for name, path in figures.items() if path is not None}
     if shown:
         parts += ["## Figures", ""]

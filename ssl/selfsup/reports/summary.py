@@ -22,11 +22,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from selfsup.atomic import atomic_write_text
+from selfsup.errors import ConfigError
 from selfsup.eval.results import FinetuneResults, KnnResults, ProbeResults
-from selfsup.reports import plots
+from selfsup.reports import plots, published
 from selfsup.reports.report import markdown_table
 from selfsup.run_dir import RunDir
 
@@ -201,6 +202,7 @@ def summarize(sweep_dir: str | Path) -> Path | None:
             ),
             "",
         ]
+    parts += published.section([_published_run(sweep_dir, r) for r in rows])
     if failed:
         parts += ["## Failed jobs", ""]
         for r in failed:
@@ -212,6 +214,27 @@ def summarize(sweep_dir: str | Path) -> Path | None:
     out = atomic_write_text(sweep_dir / SUMMARY_FILE, "\n".join(parts))
     log.info("sweep summary of %d runs written to %s", len(rows), out)
     return out
+
+
+def _published_run(
+    sweep_dir: Path, row: dict[str, Any]
+) -> tuple[str, dict[str, Any], list[str], list[published.Published]]:
+    """A row's label, columns, overrides and the published entries its job's config lists and matches."""
+    run = RunDir.open(sweep_dir / str(row["run"]))
+    config, hydra_file = run.hydra_dir / "config.yaml", run.hydra_dir / "hydra.yaml"
+    if not config.is_file() or not hydra_file.is_file():
+        return str(row["settings"]), row, [], []
+    cfg = OmegaConf.load(config)
+    hydra = OmegaConf.load(hydra_file).hydra
+    if not isinstance(cfg, DictConfig):
+        return str(row["settings"]), row, [], []
+    choices = dict(hydra.runtime.choices)
+    try:
+        entries = [e for e in published.published_entries(cfg) if e.matches(cfg, choices)]
+    except ConfigError as e:
+        log.warning("%s: its published numbers are not shown: %s", row["run"], e)
+        entries = []
+    return str(row["settings"]), row, list(hydra.overrides.task), entries
 
 
 def _sort_key(columns: list[str]) -> str | None:

@@ -26,8 +26,9 @@ from selfsup.data.datamodule import ImageDataModule
 from selfsup.errors import ConfigError
 from selfsup.eval.embeddings import project_2d, subsample
 from selfsup.eval.results import KnnResults, ProbeResults
-from selfsup.reports import plots
+from selfsup.reports import plots, published
 from selfsup.reports.report import Table, cell, knn_table, probe_table, probe_title, write_report
+from selfsup.reports.summary import headline_metrics
 from selfsup.run_dir import RunDir
 from selfsup.stages.components import build_datamodule, build_pretext_encoder
 from selfsup.stages.pretrain import first_process, pretrain
@@ -103,6 +104,7 @@ def check_evaluation(cfg: DictConfig) -> tuple[ImageDataModule, list[str]]:
     classes. Returns the labeled data and its classes. A sweep's up-front check calls it too.
     """
     check_eval_config(cfg)
+    published.published_entries(cfg)  # a malformed list of the paper's numbers fails now, not at the report
     check_eval_against_encoder(cfg)
     check_projection(cfg, "report.embedding", "report.max_points")
     datamodule = build_datamodule(cfg, ["train", "test"], downstream_key(cfg))
@@ -209,10 +211,14 @@ def write_run_report(
         figures[f"embeddings ({method})"] = plots.embedding(
             points, test.labels.numpy()[keep], classes, folder / f"embedding_{method}.png", title
         )
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    choices = dict(hydra.runtime.choices) if hydra is not None else {}
     title = (
         "Run report: " + " / ".join(str(choices.get(g, "?")) for g in ("task", "encoder", "data"))
         if choices
         else "Run report"
     )
-    return write_report(run_dir, metrics, figures, title)
+    matching = [e for e in published.published_entries(cfg) if e.matches(cfg, choices)]
+    overrides = list(hydra.overrides.task) if hydra is not None else []
+    beside = published.section([("this run", headline_metrics(metrics), overrides, matching)])
+    return write_report(run_dir, metrics, figures, title, beside)
