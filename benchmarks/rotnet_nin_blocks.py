@@ -18,14 +18,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.common import record
+from benchmarks.common import compose_cfg, record
 from benchmarks.rotnet_recipe import CIFAR_JPEG, late_rotation_accuracy, run_job
 from selfsup.eval.results import ProbeResults
+from selfsup.reports.published import published_entries
 from selfsup.reports.report import markdown_table
 from selfsup.run_dir import RunDir
 
 BLOCKS = ["block1", "block2", "block3", "block4"]
-HEADER = ["block", "val pretrained", "val random", "val gain", "test pretrained", "test random", "test gain"]
+HEADER = [
+    "block", "val pretrained", "val random", "val gain", "test pretrained", "test random", "test gain",
+    "paper (100 epochs, test)",
+]  # fmt: skip
 
 
 def overrides(minutes: int, images: int, labeled: int, probe_epochs: int) -> list[str]:
@@ -45,8 +49,16 @@ def overrides(minutes: int, images: int, labeled: int, probe_epochs: int) -> lis
     ]
 
 
+def paper_numbers() -> dict[str, float]:
+    """Table 1's 4-block row, as the preset lists it (``published``): column ``probe_<block>`` -> %."""
+    cfg = compose_cfg(["experiment=rotnet_nin_paper", "eval=rotnet_nonlinear"], "pipeline")
+    entry = next(e for e in published_entries(cfg) if e.matches(cfg, {"eval": "rotnet_nonlinear"}))
+    return entry.numbers
+
+
 def rows(probe: ProbeResults) -> list[list[object]]:
     pre, rnd = probe.encoders["pretrained"].layers, probe.encoders["random_init"].layers
+    paper = paper_numbers()
     out = []
     for block in BLOCKS:
         a, b = pre[block], rnd[block]
@@ -61,6 +73,7 @@ def rows(probe: ProbeResults) -> list[list[object]]:
                 round(ta, 2),
                 round(tb, 2),
                 round(ta - tb, 2),
+                paper[f"probe_{block}"],
             ]
         )
     return out
