@@ -15,8 +15,8 @@ configuration's size, since throughput does not depend on what the pixels show):
   backward) times steps per second, over the chip's dense bf16 peak (a table below; null when the
   chip is not in it, e.g. on a CPU);
 - **schedule time**: one epoch of the paper's dataset and the configuration's whole schedule (its
-  ``max_steps`` or ``max_epochs``) at the full rate on this one device: for RotNet's NIN, whether the
-  paper's 100 epochs fit a 10-minute GPU call (issue 14), and if not, what would.
+  ``max_steps`` or ``max_epochs``) at the full rate on this one device, in minutes: for RotNet's NIN,
+  whether the paper's 100 epochs fit a 10-minute GPU call (issue 14), and if not, how long they take.
 
 Goals on one H200 (issue 12): data wait under 5 %, full within 10 % of the floor, RotNet CIFAR-10 at a
 rate where 100 epochs of all four rotations (5M source images) take under 5 minutes (16.7k img/s).
@@ -112,18 +112,23 @@ def compose(name: str, extra: list[str], steps: int) -> Any:
     return compose_cfg([*CONFIGS[name], *size_hint, *extra, *no_extras])
 
 
-def schedule_images(name: str) -> tuple[int, str]:
+def schedule_images(name: str, extra: list[str]) -> tuple[int, str]:
     """Source images the configuration's schedule trains on over its paper dataset, and how it is set.
 
-    The schedule is the composed configuration's own (``trainer.max_steps`` when set, else
-    ``max_epochs`` over :data:`PAPER_IMAGES`), before this benchmark shortens it.
+    The schedule is the composed configuration's own, with the ``--set`` overrides (``trainer.max_steps``
+    when set, else ``max_epochs`` over :data:`PAPER_IMAGES`), before this benchmark shortens it. A
+    configuration without a paper preset (no ``experiment=``) has the default schedule, and says so.
     """
-    cfg = compose_cfg(CONFIGS[name])
+    overrides = [*CONFIGS[name], *extra]
+    cfg = compose_cfg(overrides)
+    preset = (
+        "" if any(o.startswith("experiment=") for o in overrides) else " (default schedule: no paper preset)"
+    )
     steps, epochs = int(cfg.trainer.max_steps), int(cfg.trainer.max_epochs)
     if steps > 0:
         batch = int(cfg.data.batch_size) * int(cfg.trainer.get("accumulate_grad_batches", 1))
-        return steps * batch, f"trainer.max_steps={steps} x {batch} images"
-    return epochs * PAPER_IMAGES[name], f"{epochs} epochs of {PAPER_IMAGES[name]:,} images"
+        return steps * batch, f"trainer.max_steps={steps} x {batch} images{preset}"
+    return epochs * PAPER_IMAGES[name], f"{epochs} epochs of {PAPER_IMAGES[name]:,} images{preset}"
 
 
 def full_step(cfg: Any, warmup: int) -> tuple[float, float, Any, Any]:
@@ -204,7 +209,7 @@ def measure(name: str, extra: list[str], steps: int, warmup: int) -> dict[str, A
     flops = step_flops(task, images)
     peak = peak_flops()
     rate = batch_size / seconds
-    schedule, schedule_is = schedule_images(name)
+    schedule, schedule_is = schedule_images(name, extra)
     return {
         "config": name,
         "overrides": [*CONFIGS[name], *extra],

@@ -11,7 +11,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from selfsup.errors import ConfigError
-from selfsup.reports.published import comparison_rows, protocol_overrides, published_entries
+from selfsup.reports.published import (
+    PublishedRun,
+    check_published,
+    comparison_rows,
+    protocol_overrides,
+    published_entries,
+    same_value,
+)
 from tests.conftest import FAST
 
 BIN = Path(sys.executable).parent
@@ -85,7 +92,56 @@ def test_a_run_no_paper_describes_shows_no_published_numbers(make_cfg) -> None:
     entries = published_entries(cfg)
     assert [e.matches(cfg, {"eval": "main"}) for e in entries] == [False] * 4, "another eval, another number"
     assert published_entries(make_cfg([], config_name="pipeline")) == []
-    assert comparison_rows([("run", {}, [], [])]) is None
+    assert comparison_rows([PublishedRun("run", {}, [])]) is None
+
+
+def test_another_preset_that_inherits_the_numbers_is_a_departure(make_cfg) -> None:
+    """rotnet_nin_official (200 epochs) shows Table 1 too, and says it is not the paper's preset."""
+    cfg = make_cfg(["experiment=rotnet_nin_official"], config_name="pipeline")
+    choices = {"experiment": "rotnet_nin_official", "eval": "rotnet_nonlinear"}
+    entry = next(e for e in published_entries(cfg) if e.matches(cfg, choices))
+    assert entry.numbers["probe_block2"] == 89.06
+    run = PublishedRun("run", {"probe_block2": 50.0}, ["data.path=/d"], choices, [entry])
+    assert run.departures(entry) == ["experiment=rotnet_nin_official"]
+    paper = PublishedRun("run", {}, ["data.path=/d"], {**choices, "experiment": "rotnet_nin_paper"}, [entry])
+    assert paper.departures(entry) == []
+
+
+def test_values_compare_as_a_user_means_them() -> None:
+    assert same_value(4, 4.0) and same_value("rotnet_conv", "rotnet_conv")
+    assert not same_value("4", 4) and not same_value(True, 1) and not same_value(None, "null")
+
+
+def test_a_when_key_that_names_nothing_is_refused(make_cfg) -> None:
+    """A misspelled selector would never match, and the paper's numbers would silently not be shown."""
+    cfg = make_cfg(["experiment=rotnet_nin_paper"], config_name="pipeline")
+    check_published(cfg, {"eval": "rotnet_nonlinear"})
+    cfg.published[0].when = {"encoder.num_block": 3}
+    with pytest.raises(ConfigError) as error:
+        check_published(cfg, {"eval": "rotnet_nonlinear"})
+    assert error.value.key == "published[0].when.encoder.num_block"
+
+
+def test_failed_jobs_and_jobs_without_hydra_files_get_no_published_rows(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    from selfsup.reports.summary import summarize
+
+    config = {"published": [{"source": "S", "when": {"eval": "x"}, "numbers": {"probe_pooled": 80.0}}]}
+    hydra = {"hydra": {"runtime": {"choices": {"eval": "x"}}, "overrides": {"task": ["seed=1"]}}}
+    for name, metrics in [("0_failed", {"error": {"type": "E", "message": "m"}}), ("1_bare", {})]:
+        job = tmp_path / "nested" / name
+        (job / ".hydra").mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({"pretrain": {"steps": 1}, **metrics}))
+        if name != "1_bare":
+            (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+            (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    summary = summarize(tmp_path)
+    assert summary is not None
+    text = summary.read_text()
+    assert "Beside the published numbers" not in text and "## Failed jobs" in text
 
 
 @pytest.mark.parametrize(
@@ -96,7 +152,8 @@ def test_a_run_no_paper_describes_shows_no_published_numbers(make_cfg) -> None:
             {"source": "s", "when": {"eval": "x"}, "numbers": {"probe_block2": "high"}},
             "published[0].numbers.probe_block2",
         ),
-        ({"source": "s", "when": {"eval": "x"}, "numbers": {"a": 1}, "table": 1}, "published[0].table"),
+        ({"source": "s", "when": {"eval": "x"}, "numbers": {"probe_a": 1}, "table": 1}, "published[0].table"),
+        ({"source": "s", "when": {"eval": "x"}, "numbers": {"top1": 1}}, "published[0].numbers.top1"),
     ],
 )
 def test_a_malformed_entry_is_named(entry: dict, key: str) -> None:
@@ -124,5 +181,9 @@ def test_a_malformed_entry_stops_the_main_job_before_it_trains(tmp_path: Path) -
 def test_protocol_overrides_leave_out_where_things_are() -> None:
     given = ["experiment=rotnet_nin_paper", "data.path=/d", "paths.cache_dir=/c", "trainer.max_epochs=5"]
     assert protocol_overrides(given) == ["trainer.max_epochs=5"]
-    chosen = ["eval=rotnet_nonlinear", "encoder.num_blocks=3", "encoder.num_blocks_x=1"]
-    assert protocol_overrides(chosen, ["eval", "encoder.num_blocks"]) == ["encoder.num_blocks_x=1"]
+    chosen = ["eval=rotnet_nonlinear", "encoder.num_blocks=3", "encoder.num_blocks_x=1", "trainer=gpu"]
+    assert protocol_overrides(chosen, ["eval", "encoder.num_blocks"]) == [
+        "encoder.num_blocks_x=1",
+        "trainer=gpu",
+    ]
+    assert protocol_overrides(["hydra/launcher=submitit_slurm", "eval.linear_probe.layers=all"]) == []

@@ -158,6 +158,7 @@ def summarize(sweep_dir: str | Path) -> Path | None:
         log.warning("no runs with metrics.json under %s: no summary written", sweep_dir)
         return None
     rows = [run_row(r) for r in runs]
+    folders = {id(row): folder for row, folder in zip(rows, runs, strict=True)}
     columns = list(dict.fromkeys(k for r in rows for k in r if k != "error"))
     columns += ["error"] if any("error" in r for r in rows) else []
     # The page shows what varies between jobs (settings); summary.csv keeps every override.
@@ -202,11 +203,11 @@ def summarize(sweep_dir: str | Path) -> Path | None:
             ),
             "",
         ]
-    parts += published.section([_published_run(sweep_dir, r) for r in rows])
+    parts += published.section([_published_run(folders[id(r)], r) for r in rows if "error" not in r])
     if failed:
         parts += ["## Failed jobs", ""]
         for r in failed:
-            error = RunDir.open(sweep_dir / str(r["run"])).read_metrics().get("error", {})
+            error = RunDir.open(folders[id(r)]).read_metrics().get("error", {})
             parts += [f"- `{r['run']}` ({r['settings']}): {error.get('type')}: {error.get('message')}"]
             parts += ["", "  ```", *(f"  {line}" for line in error.get("traceback", [])), "  ```", ""]
     for name, path in figures.items():
@@ -216,25 +217,21 @@ def summarize(sweep_dir: str | Path) -> Path | None:
     return out
 
 
-def _published_run(
-    sweep_dir: Path, row: dict[str, Any]
-) -> tuple[str, dict[str, Any], list[str], list[published.Published]]:
-    """A row's label, columns, overrides and the published entries its job's config lists and matches."""
-    run = RunDir.open(sweep_dir / str(row["run"]))
+def _published_run(folder: Path, row: dict[str, Any]) -> published.PublishedRun:
+    """A row as the published comparison needs it, with the entries its job's config lists and matches."""
+    run = RunDir.open(folder)
     config, hydra_file = run.hydra_dir / "config.yaml", run.hydra_dir / "hydra.yaml"
-    if not config.is_file() or not hydra_file.is_file():
-        return str(row["settings"]), row, [], []
-    cfg = OmegaConf.load(config)
+    cfg = OmegaConf.load(config) if config.is_file() else None
+    if not isinstance(cfg, DictConfig) or not hydra_file.is_file():
+        return published.PublishedRun(str(row["settings"]), row, [])
     hydra = OmegaConf.load(hydra_file).hydra
-    if not isinstance(cfg, DictConfig):
-        return str(row["settings"]), row, [], []
     choices = dict(hydra.runtime.choices)
     try:
         entries = [e for e in published.published_entries(cfg) if e.matches(cfg, choices)]
     except ConfigError as e:
         log.warning("%s: its published numbers are not shown: %s", row["run"], e)
         entries = []
-    return str(row["settings"]), row, list(hydra.overrides.task), entries
+    return published.PublishedRun(str(row["settings"]), row, list(hydra.overrides.task), choices, entries)
 
 
 def _sort_key(columns: list[str]) -> str | None:

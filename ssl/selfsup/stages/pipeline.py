@@ -104,7 +104,8 @@ def check_evaluation(cfg: DictConfig) -> tuple[ImageDataModule, list[str]]:
     classes. Returns the labeled data and its classes. A sweep's up-front check calls it too.
     """
     check_eval_config(cfg)
-    published.published_entries(cfg)  # a malformed list of the paper's numbers fails now, not at the report
+    # A malformed list of the paper's numbers fails now, not in the report after training.
+    published.check_published(cfg, HydraConfig.get().runtime.choices if HydraConfig.initialized() else {})
     check_eval_against_encoder(cfg)
     check_projection(cfg, "report.embedding", "report.max_points")
     datamodule = build_datamodule(cfg, ["train", "test"], downstream_key(cfg))
@@ -218,7 +219,11 @@ def write_run_report(
         if choices
         else "Run report"
     )
-    matching = [e for e in published.published_entries(cfg) if e.matches(cfg, choices)]
-    overrides = list(hydra.overrides.task) if hydra is not None else []
-    beside = published.section([("this run", headline_metrics(metrics), overrides, matching)])
-    return write_report(run_dir, metrics, figures, title, beside)
+    this_run = published.PublishedRun(
+        "this run",
+        headline_metrics(metrics),
+        list(hydra.overrides.task) if hydra is not None else [],
+        choices,
+        [e for e in published.published_entries(cfg) if e.matches(cfg, choices)],
+    )
+    return write_report(run_dir, metrics, figures, title, published.section([this_run]))

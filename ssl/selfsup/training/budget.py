@@ -48,6 +48,12 @@ class MeasuredNeed:
     encoder_config: tuple[tuple[str, Any], ...] = ()
     where: str = "benchmarks/README.md"
 
+    def __post_init__(self) -> None:
+        if self.encoder_config and self.encoder is None:
+            raise ValueError(
+                "a MeasuredNeed with encoder_config names the encoder class it was measured with"
+            )
+
     def applies_to(self, encoder: str, config: Mapping[str, Any]) -> bool:
         """Whether an encoder of class ``encoder`` built with ``config`` is the one measured."""
         if self.encoder is None:
