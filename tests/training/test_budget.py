@@ -123,3 +123,8 @@ def test_a_measurement_applies_to_the_encoder_it_was_made_with() -> None:
     assert resnet18 == RotNet.measured_needs
     assert short_budget_warning(resnet18, "RotNet", 32, 1.0) is not None
     assert for_encoder((MeasuredNeed(64, 1.0, 1.0),), "ViTEncoder"), "a measurement for any encoder applies"
+
+
+def test_settings_without_their_encoder_class_are_refused() -> None:
+    with pytest.raises(ValueError, match="names the encoder class"):
+        MeasuredNeed(32, 1.0, 1.0, None, (("depth", 18),))
