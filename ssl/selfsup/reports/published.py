@@ -230,8 +230,12 @@ def section(runs: Sequence[PublishedRun]) -> list[str]:
     table = comparison_rows(runs)
     if table is None:
         return []
-    entries = [e for run in runs for e in run.entries]
-    sources = dict.fromkeys(f"- {e.source}: {e.note}" if e.note else f"- {e.source}" for e in entries)
+    by_note: dict[str, list[str]] = {}
+    for entry in (e for run in runs for e in run.entries):
+        named = by_note.setdefault(entry.note, [])
+        if entry.source not in named:
+            named.append(entry.source)
+    sources = [f"- {'; '.join(names)}" + (f": {note}" if note else "") for note, names in by_note.items()]
     return [
         "## Beside the published numbers",
         "",
