@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.common import compose_cfg, record
 from benchmarks.rotnet_recipe import CIFAR_JPEG, late_rotation_accuracy, run_job
 from selfsup.eval.results import ProbeResults
-from selfsup.reports.published import published_entries
+from selfsup.reports.published import matching
 from selfsup.reports.report import markdown_table
 from selfsup.run_dir import RunDir
 
@@ -52,8 +52,7 @@ def overrides(minutes: int, images: int, labeled: int, probe_epochs: int) -> lis
 def paper_numbers() -> dict[str, float]:
     """Table 1's 4-block row, as the preset lists it (``published``): column ``probe_<block>`` -> %."""
     cfg = compose_cfg(["experiment=rotnet_nin_paper", "eval=rotnet_nonlinear"], "pipeline")
-    entry = next(e for e in published_entries(cfg) if e.matches(cfg, {"eval": "rotnet_nonlinear"}))
-    return entry.numbers
+    return matching(cfg, {"eval": "rotnet_nonlinear"})[0].numbers
 
 
 def rows(probe: ProbeResults) -> list[list[object]]:

@@ -133,6 +133,11 @@ def published_entries(cfg: DictConfig) -> list[Published]:
     return [_entry(entry, f"{KEY}[{i}]") for i, entry in enumerate(node)]
 
 
+def matching(cfg: DictConfig, choices: Mapping[str, Any]) -> list[Published]:
+    """The entries of ``cfg``'s ``published`` list that describe a run of ``cfg`` with group ``choices``."""
+    return [e for e in published_entries(cfg) if e.matches(cfg, choices)]
+
+
 def _entry(entry: Any, where: str) -> Published:
     """One entry of the list, checked; ``where`` is its key for error messages (``published[0]``)."""
     if not isinstance(entry, (DictConfig, Mapping)):

@@ -227,7 +227,7 @@ def _published_run(folder: Path, row: dict[str, Any]) -> published.PublishedRun:
     hydra = OmegaConf.load(hydra_file).hydra
     choices = dict(hydra.runtime.choices)
     try:
-        entries = [e for e in published.published_entries(cfg) if e.matches(cfg, choices)]
+        entries = published.matching(cfg, choices)
     except ConfigError as e:
         log.warning("%s: its published numbers are not shown: %s", row["run"], e)
         entries = []

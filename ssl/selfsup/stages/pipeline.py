@@ -224,6 +224,6 @@ def write_run_report(
         headline_metrics(metrics),
         list(hydra.overrides.task) if hydra is not None else [],
         choices,
-        [e for e in published.published_entries(cfg) if e.matches(cfg, choices)],
+        published.matching(cfg, choices),
     )
     return write_report(run_dir, metrics, figures, title, published.section([this_run]))
